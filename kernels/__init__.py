@@ -1,0 +1,1 @@
+"""redkern's Triton kernels (installed as ``redkern.kernels``)."""

@@ -1,0 +1,27 @@
+"""redkern: fused convolution kernels for RED-Net image restoration.
+
+    import redkern
+    model = redkern.RED30(fused=True)        # same state_dict as redkern.RED30()
+    redkern.backends()                       # what was built here, and why not the rest
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import ops  # registers torch.ops.redkern.*
+from .backends.common import BackendUnavailable
+from .fused import FusedREDNet
+from .models import RED10, RED20, RED30, REDNet, skip_pairs
+
+
+def backends() -> dict[str, dict]:
+    """Every backend with ``available``, the ``devices`` it runs on, and a ``detail`` line
+    saying what was built or why it cannot run here."""
+    from .backends import status
+
+    return status()
+
+
+__all__ = ["REDNet", "FusedREDNet", "RED10", "RED20", "RED30", "skip_pairs", "backends",
+           "BackendUnavailable", "ops", "__version__"]

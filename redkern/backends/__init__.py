@@ -1,0 +1,82 @@
+"""Backend registry: which kernels exist, which were built, and which one runs a call.
+
+``redkern.backends()`` reports every backend with whether it can run here and why not.
+``resolve(name, device)`` returns the backend object for a call, or raises
+``BackendUnavailable`` with the reason: there is no silent fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .common import BackendUnavailable, Epilogue
+
+log = logging.getLogger("redkern")
+
+BACKEND_NAMES = ("auto", "cpu", "triton", "cuda")
+_loaded = {}
+
+
+class _Missing:
+    """Stands for a backend whose module is not part of this installation."""
+
+    def __init__(self, name, error):
+        self.detail = f"backend module redkern.backends.{name} is not installed ({error})"
+
+    def status(self):
+        return {"available": False, "devices": [], "detail": self.detail}
+
+    def check_can_run(self, device):
+        raise BackendUnavailable(self.detail)
+
+
+_MODULES = {"cpu": "cpu", "triton": "triton_backend", "cuda": "cuda"}
+
+
+def _load(name: str):
+    """Import a backend module once; return it (it has ``status()`` and ``conv3x3()``)."""
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKEND_NAMES}")
+    if name not in _loaded:
+        import importlib
+
+        try:
+            _loaded[name] = importlib.import_module(f".{_MODULES[name]}", __name__)
+        except ModuleNotFoundError as e:
+            _loaded[name] = _Missing(_MODULES[name], e)
+    return _loaded[name]
+
+
+def status() -> dict[str, dict]:
+    """``{name: {"available": bool, "devices": [...], "detail": str}}`` for every backend."""
+    return {name: _load(name).status() for name in BACKEND_NAMES[1:]}
+
+
+def resolve(name: str, device: torch.device):
+    """The backend module that runs ops for tensors on ``device``."""
+    if name == "auto":
+        name = default_for(device)
+    mod = _load(name)
+    mod.check_can_run(device)
+    return mod
+
+
+def default_for(device: torch.device) -> str:
+    """``auto``'s choice: C++ on CPU; Triton on CUDA, else the CUDA C++ kernels."""
+    if device.type == "cpu":
+        return "cpu"
+    if device.type == "cuda":
+        for name in ("triton", "cuda"):
+            if _load(name).status()["available"]:
+                return name
+        raise BackendUnavailable(
+            "no CUDA backend can run: triton: " + _load("triton").status()["detail"]
+            + "; cuda: " + _load("cuda").status()["detail"])
+    raise BackendUnavailable(f"redkern has no kernels for device type {device.type!r} "
+                             "(supported: cpu, cuda)")
+
+
+__all__ = ["BACKEND_NAMES", "BackendUnavailable", "Epilogue", "resolve", "status", "default_for"]

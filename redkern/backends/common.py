@@ -1,0 +1,74 @@
+"""What every backend shares: the epilogue codes and the layout helpers."""
+
+from __future__ import annotations
+
+import enum
+
+import torch
+
+
+class Epilogue(enum.IntEnum):
+    """What a fused kernel applies after the convolution (the values cross into C++)."""
+
+    RELU = 0           # relu(conv + b)
+    RELU_ADD_RELU = 1  # relu(relu(conv + b) + skip)
+    ADD_RESIDUAL = 2   # conv + b + residual
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend that was asked for cannot run here; the message says why."""
+
+
+def is_channels_last(x: torch.Tensor) -> bool:
+    """True when ``x`` is stored NHWC: channels innermost (``stride(1) == 1``) and dense."""
+    return x.dim() == 4 and x.stride(1) == 1 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def to_nhwc(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a dense NHWC tensor (still indexed ``[N, C, H, W]``); no copy if it already is.
+
+    Unlike ``x.contiguous(memory_format=torch.channels_last)``, this also moves 1-channel
+    NCHW tensors (which torch calls channels_last-contiguous already) to stride(1) == 1.
+    """
+    if is_channels_last(x):
+        return x
+    return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+
+
+def conv_weight(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
+    """The Conv2d-layout weight ``[Cout, Cin, 3, 3]`` of a (possibly transposed) 3x3 layer.
+
+    A stride-1, padding-1 ConvTranspose2d is the Conv2d with channels swapped and the
+    window flipped.
+    """
+    return weight.transpose(0, 1).flip(2, 3) if transposed else weight
+
+
+class WeightCache:
+    """Prepared (re-laid-out) weights, made once per weight tensor and version.
+
+    The key is the tensor's identity, storage address and version counter, so an in-place
+    update (an optimizer step, ``load_state_dict``) prepares the weight again, and an entry
+    goes away with its tensor.
+    """
+
+    def __init__(self):
+        self._entries = {}
+
+    def get(self, weight: torch.Tensor, tag, prepare):
+        try:
+            version = weight._version
+        except RuntimeError:  # inference tensors keep no version counter: prepare every call
+            return prepare()
+        key = (id(weight), tag)
+        hit = self._entries.get(key)
+        if hit is not None:
+            ref, ptr, ver, value = hit
+            if ref() is weight and ptr == weight.data_ptr() and ver == version:
+                return value
+        value = prepare()
+        import weakref
+
+        ref = weakref.ref(weight, lambda _r, k=key, d=self._entries: d.pop(k, None))
+        self._entries[key] = (ref, weight.data_ptr(), version, value)
+        return value

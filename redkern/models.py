@@ -1,0 +1,131 @@
+"""RED-Net (Mao, Shen & Yang, NIPS 2016): the reference model in plain PyTorch.
+
+This module defines the semantics every fused path is tested against.
+
+Layer and parameter names follow the authors' released network definitions and are
+stable: ``conv_1`` .. ``conv_n`` (``nn.Conv2d``) and ``deconv_1`` .. ``deconv_n``
+(``nn.ConvTranspose2d``), so the ``state_dict`` keys are ``conv_1.weight``,
+``conv_1.bias``, ..., ``deconv_n.bias``. The fused model shares them exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["REDNet", "RED10", "RED20", "RED30", "skip_pairs"]
+
+SUPPORTED_DEPTHS = (10, 20, 30)
+
+
+def skip_pairs(depth: int) -> dict[int, int]:
+    """Map decoder layer index -> encoder layer index whose output it adds.
+
+    ``conv_{2k}`` feeds the decoder layer that mirrors it: with ``n = depth // 2``,
+    ``deconv_j`` takes ``conv_{n-j}`` whenever ``n - j`` is even. RED30 gives
+    ``{1: 14, 3: 12, ..., 13: 2}``. (Whether a model uses them is ``REDNet``'s
+    ``skips`` flag: the paper's RED10 has none.)
+    """
+    n = depth // 2
+    return {j: n - j for j in range(1, n) if (n - j) % 2 == 0}
+
+
+class REDNet(nn.Module):
+    """Residual encoder-decoder network with symmetric skips.
+
+    Args:
+        depth: total number of layers, an even number >= 2 (10, 20 and 30 are the
+            paper's RED10/RED20/RED30). Half are 3x3 convolutions, half 3x3
+            transposed convolutions; all stride 1, padding 1, with bias.
+        channels: image channels, 1 (grayscale / Y) or 3 (RGB). Any positive count works.
+        features: feature maps per hidden layer (64 in the paper's text, 128 in the
+            released models).
+        skips: add the mirrored-layer skips every two layers. ``None`` follows the
+            paper: on for depth > 10, off for RED10.
+
+    Input and output: ``[N, channels, H, W]`` floating point, any ``H, W >= 1``;
+    the output is ``net(x) + x`` (the network predicts the residual).
+    """
+
+    def __init__(self, depth: int = 30, channels: int = 1, features: int = 64,
+                 skips: bool | None = None):
+        super().__init__()
+        if not isinstance(depth, int) or depth < 2 or depth % 2:
+            raise ValueError(f"depth must be an even integer >= 2 (10, 20, 30 in the paper), got {depth!r}")
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"channels must be a positive integer (1 or 3 in the paper), got {channels!r}")
+        if not isinstance(features, int) or features < 1:
+            raise ValueError(f"features must be a positive integer (64 or 128 in the paper), got {features!r}")
+        self.depth = depth
+        self.channels = channels
+        self.features = features
+        self.n = depth // 2
+        use_skips = depth > 10 if skips is None else bool(skips)
+        self.skips = skip_pairs(depth) if use_skips else {}
+        for i in range(1, self.n + 1):
+            cin = channels if i == 1 else features
+            setattr(self, f"conv_{i}", nn.Conv2d(cin, features, 3, padding=1))
+        for j in range(1, self.n + 1):
+            cout = channels if j == self.n else features
+            setattr(self, f"deconv_{j}", nn.ConvTranspose2d(features, cout, 3, padding=1))
+
+    @property
+    def receptive_field_radius(self) -> int:
+        """Pixels an output depends on in each direction: one per 3x3 layer (30 for RED30).
+
+        Skips tap shallower layers and do not widen it. A tile halo of at least this many
+        pixels makes tiled inference exact.
+        """
+        return self.depth
+
+    def encoder(self, i: int) -> nn.Conv2d:
+        return getattr(self, f"conv_{i}")
+
+    def decoder(self, j: int) -> nn.ConvTranspose2d:
+        return getattr(self, f"deconv_{j}")
+
+    def extra_repr(self) -> str:
+        return (f"depth={self.depth}, channels={self.channels}, features={self.features}, "
+                f"skips={len(self.skips)}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .validation import check_image_batch
+        check_image_batch(x, self.channels, self.conv_1.weight, "REDNet.forward")
+        saved = {}
+        h = x
+        skip_sources = set(self.skips.values())
+        for i in range(1, self.n + 1):
+            h = F.relu(self.encoder(i)(h))
+            if i in skip_sources:
+                saved[i] = h
+        for j in range(1, self.n):
+            h = F.relu(self.decoder(j)(h))
+            if j in self.skips:
+                h = F.relu(h + saved[self.skips[j]])
+        return self.decoder(self.n)(h) + x
+
+
+def _build(depth: int, channels: int, features: int, fused: bool, backend: str) -> nn.Module:
+    if fused:
+        from .fused import FusedREDNet
+        return FusedREDNet(depth, channels, features, backend=backend)
+    if backend != "auto":
+        raise ValueError(f"backend={backend!r} applies to the fused model only; "
+                         "pass fused=True or leave backend='auto'")
+    return REDNet(depth, channels, features)
+
+
+def RED10(channels: int = 1, features: int = 64, *, fused: bool = False, backend: str = "auto") -> nn.Module:
+    """RED10: 5 conv + 5 deconv layers, no skips. ``fused=True`` returns the fast model."""
+    return _build(10, channels, features, fused, backend)
+
+
+def RED20(channels: int = 1, features: int = 64, *, fused: bool = False, backend: str = "auto") -> nn.Module:
+    """RED20: 10 conv + 10 deconv layers, 4 skips. ``fused=True`` returns the fast model."""
+    return _build(20, channels, features, fused, backend)
+
+
+def RED30(channels: int = 1, features: int = 64, *, fused: bool = False, backend: str = "auto") -> nn.Module:
+    """RED30: 15 conv + 15 deconv layers, 7 skips. ``fused=True`` returns the fast model."""
+    return _build(30, channels, features, fused, backend)
