@@ -33,7 +33,11 @@ class CMakeBuild(build_ext):
     def build_extension(self, ext):
         import pybind11
 
+        # Every module CMake builds (_C, _cuda, ...) lands beside the one setuptools knows of;
+        # in-place and editable builds put them in the source tree directly.
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        if self.inplace or getattr(self, "editable_mode", False):
+            out_dir = ROOT / "redkern"
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
         cfg = os.environ.get("REDKERN_BUILD_TYPE", "Release")
