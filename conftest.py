@@ -1,0 +1,60 @@
+"""Shared test setup.
+
+Triton: with no CUDA device, Triton kernels can only run under its CPU interpreter, which
+must be switched on before ``triton`` is first imported; so it is switched on here, for the
+whole test process, on machines without a GPU. On a GPU machine the same tests run natively.
+"""
+
+import os
+
+import pytest
+
+
+def _has_cuda_device() -> bool:
+    # Ask the driver without initialising torch's CUDA state in a way that could fail.
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+if "TRITON_INTERPRET" not in os.environ and not _has_cuda_device():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run tests and benchmarks marked slow")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip_slow = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip_slow)
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    """Fresh random inputs every run, but the seed is printed so a failure can be replayed."""
+    import random
+
+    import torch
+
+    seed = int(os.environ.get("REDKERN_TEST_SEED", random.randrange(2**31)))
+    torch.manual_seed(seed)
+    request.node.user_properties.append(("seed", seed))
+    yield
+    if request.node.rep_call.failed if hasattr(request.node, "rep_call") else False:
+        print(f"replay with REDKERN_TEST_SEED={seed}")
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)

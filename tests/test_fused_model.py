@@ -1,0 +1,121 @@
+"""redkern.REDxx(fused=True) is a drop-in for the reference model."""
+
+import pytest
+import torch
+
+import redkern
+
+
+def kaiming_(model):
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            torch.nn.init.uniform_(m.bias, -0.05, 0.05)
+    return model
+
+
+def pair(ctor, channels, features, **kw):
+    ref = kaiming_(ctor(channels=channels, features=features))
+    fused = ctor(channels=channels, features=features, fused=True, **kw)
+    fused.load_state_dict(ref.state_dict())
+    return ref.eval(), fused.eval()
+
+
+def rel_err(got, want):
+    assert torch.isfinite(got).all()
+    return ((got.double() - want.double()).abs().max() / want.double().abs().max()).item()
+
+
+@pytest.mark.parametrize("ctor", [redkern.RED10, redkern.RED20, redkern.RED30])
+@pytest.mark.parametrize("shape", [(1, 1, 37, 53), (2, 3, 20, 31), (1, 1, 3, 3), (1, 1, 1, 1), (1, 3, 1, 1)])
+@pytest.mark.parametrize("features", [64, 128])
+def test_fused_equals_reference(ctor, shape, features):
+    if features == 128 and shape[2] * shape[3] > 400 and ctor is not redkern.RED10:
+        shape = (shape[0], shape[1], 13, 17)  # keep the 128-feature cases quick
+    ref, fused = pair(ctor, shape[1], features)
+    x = torch.rand(shape)
+    with torch.no_grad():
+        want = ref(x)
+        got = fused(x)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert rel_err(got, want) <= 1e-5
+
+
+def test_memory_format_in_is_memory_format_out():
+    ref, fused = pair(redkern.RED10, 3, 16)
+    x = torch.rand(2, 3, 9, 14)
+    with torch.inference_mode():
+        assert fused(x).is_contiguous()
+        xc = x.contiguous(memory_format=torch.channels_last)
+        out = fused(xc)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert rel_err(out, ref(x)) <= 1e-5
+
+
+def test_state_dict_round_trip_both_ways():
+    ref, fused = pair(redkern.RED30, 1, 64)
+    assert list(ref.state_dict()) == list(fused.state_dict())
+    for k, v in fused.state_dict().items():
+        assert v.shape == ref.state_dict()[k].shape
+    other = redkern.RED30()
+    other.load_state_dict(fused.state_dict())
+    x = torch.rand(1, 1, 12, 10)
+    with torch.no_grad():
+        assert torch.equal(other(x), ref(x))
+
+
+def test_weights_changed_in_place_are_seen():
+    """The prepared-weight cache must notice load_state_dict and optimizer steps."""
+    ref, fused = pair(redkern.RED10, 1, 16)
+    x = torch.rand(1, 1, 11, 12)
+    with torch.no_grad():
+        first = fused(x)
+        fresh = kaiming_(redkern.RED10(features=16))
+        fused.load_state_dict(fresh.state_dict())
+        assert rel_err(fused(x), fresh(x)) <= 1e-5
+        assert not torch.allclose(fused(x), first)
+
+
+def test_inference_mode_and_no_grad():
+    ref, fused = pair(redkern.RED10, 1, 16)
+    x = torch.rand(1, 1, 8, 9)
+    with torch.inference_mode():
+        a = fused(x)
+    with torch.no_grad():
+        b = fused(x)
+    assert torch.equal(a, b)
+
+
+def test_training_gradients_match_reference():
+    ref, fused = pair(redkern.RED20, 1, 8)
+    ref.train(), fused.train()
+    x = torch.rand(2, 1, 9, 8)
+    target = torch.rand(2, 1, 9, 8)
+    torch.nn.functional.mse_loss(ref(x), target).backward()
+    torch.nn.functional.mse_loss(fused(x), target).backward()
+    for (name, p), q in zip(ref.named_parameters(), fused.parameters()):
+        scale = p.grad.abs().max().clamp_min(1e-12)
+        assert ((p.grad - q.grad).abs().max() / scale).item() <= 1e-4, name
+
+
+def test_torch_compile_fullgraph():
+    ref, fused = pair(redkern.RED10, 1, 8)
+    compiled = torch.compile(fused, fullgraph=True)
+    x = torch.rand(1, 1, 10, 13)
+    with torch.no_grad():
+        assert rel_err(compiled(x), ref(x)) <= 1e-5
+
+
+def test_unavailable_backend_is_a_clear_error():
+    status = redkern.backends()
+    assert set(status) == {"cpu", "triton", "cuda"}
+    assert status["cpu"]["available"]
+    x = torch.rand(1, 1, 5, 5)
+    for name in ("cuda",):
+        if status[name]["available"] and "cpu" in status[name]["devices"]:
+            continue
+        model = redkern.RED10(fused=True, backend=name)
+        with pytest.raises(redkern.BackendUnavailable):
+            model(x)
+    with pytest.raises(ValueError, match="unknown backend"):
+        redkern.RED10(fused=True, backend="metal")
