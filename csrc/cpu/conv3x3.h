@@ -2,7 +2,7 @@
 //
 // Torch-free on purpose: raw pointers and sizes, so the same code builds against any torch
 // and is bound with pybind11 alone. Callers (redkern/backends/cpu.py) own the buffers and
-// guarantee NHWC-contiguous layout; every entry point re-checks sizes before touching memory.
+// guarantee NHWC-contiguous layout; the bindings re-check sizes before touching memory.
 #pragma once
 
 #include <cstddef>
@@ -17,21 +17,67 @@ enum class Epilogue : int {
   kAddResidual = 2,  // y = conv(x) + b + extra                 (last layer + global residual)
 };
 
-// Number of floats in the kernel's packed weight for (cin, cout).
-std::size_t packed_weight_size(int cin, int cout);
+// Storage type of activations (x, extra, y). Weights and bias are always fp32 (except the
+// bf16-pair layout below); accumulation is always fp32.
+enum class DType : int {
+  kFloat32 = 0,
+  kBFloat16 = 1,  // raw bf16 bits (uint16); rounded to nearest-even on store
+};
+
+// How the convolution is computed; each algorithm has its own packed-weight layout.
+enum class Algorithm : int {
+  kDirect = 0,       // register-blocked direct conv; weights [tap 9][cin][cout_pad] fp32
+  kWinograd4x4 = 1,  // Winograd F(4x4,3x3); weights G g G^T as [36][cin][cout_pad] fp32
+  kDirectBf16Dot = 2,  // direct conv with vdpbf16ps (avx512_bf16 CPUs, bf16 activations
+                       // only); weights as bf16 pairs [9][cin_pairs][cout_pad][2]
+};
+
+// Instruction-set levels, each a superset of the one before.
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+
+// Output channels are padded to this multiple in every packed layout, so the layout does not
+// depend on the ISA's vector width (16 floats = one AVX-512 vector, two AVX2 vectors).
+constexpr int kCoutAlign = 16;
+static inline int padded_cout(int cout) {
+  return (cout + kCoutAlign - 1) / kCoutAlign * kCoutAlign;
+}
+
+// Number of 32-bit words in the packed weight for (cin, cout, algorithm).
+std::size_t packed_weight_size(int cin, int cout, Algorithm algorithm);
 
 // Re-lay a weight out for the kernel (done once per model, not per call).
 // transposed == false: Conv2d weight [cout][cin][3][3].
 // transposed == true:  ConvTranspose2d weight [cin][cout][3][3]; packed as the equivalent
 //                      convolution (channels swapped, window flipped).
-void pack_weight(const float* w, int cin, int cout, bool transposed, float* packed);
+void pack_weight(const float* w, int cin, int cout, bool transposed, Algorithm algorithm,
+                 float* packed);
 
-// y[n,h,w,cout] = epilogue(conv3x3(x[n,h,w,cin], packed) + bias[cout], extra[n,h,w,cout]).
-// extra may be null for kRelu. x, extra and y are NHWC-contiguous; y must not alias x.
-void conv3x3_f32(const float* x, const float* packed, const float* bias, const float* extra,
-                 float* y, int n, int h, int w, int cin, int cout, Epilogue epi, int nthreads);
+// One fused convolution call. All activation tensors are NHWC-contiguous in `dtype`.
+struct Conv3x3Args {
+  const void* x;        // [n, h, w, cin]
+  const float* packed;  // pack_weight() output for the algorithm being run
+  const float* bias;    // [cout], fp32
+  const void* extra;    // [n, h, w, cout] skip or residual; null for kRelu
+  void* y;              // [n, h, w, cout]; must not alias x
+  int n, h, w, cin, cout;
+  Epilogue epilogue;
+  int nthreads;
+};
 
-// Which instruction set the dispatcher picked on this CPU ("avx512", "avx2" or "generic").
-const char* selected_isa();
+// y = epilogue(conv3x3(x, packed) + bias, extra) with the kernels of `isa`.
+// Throws std::invalid_argument if this CPU lacks `isa` or `algorithm` does not run there.
+void conv3x3(const Conv3x3Args& args, DType dtype, Algorithm algorithm, Isa isa);
+
+// The best ISA this CPU supports, lowered by REDKERN_CPU_ISA=generic|avx2|avx512|avx512_bf16
+// (read once). Throws std::invalid_argument if the variable names an unknown ISA or one this
+// CPU lacks: a forced ISA is never silently replaced.
+Isa selected_isa();
+bool isa_supported(Isa isa);
+const char* isa_name(Isa isa);
+Isa parse_isa(const char* name);  // throws std::invalid_argument for unknown names
+
+// fp32 FMA throughput of `isa`'s widest vectors on `nthreads` threads, in GFLOP/s (2 FLOP per
+// lane per FMA): a loop of independent FMAs, best of a few repeats, about 0.3 s in all.
+double measure_fma_peak_gflops(int nthreads, Isa isa);
 
 }  // namespace redkern::cpu

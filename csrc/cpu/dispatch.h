@@ -1,15 +1,29 @@
-// Run-time choice of the CPU kernel by the processor's features.
+// The kernels one ISA provides; dispatch.cpp picks a table by the CPU's features.
+//
+// Each ISA's table lives in its own translation unit (csrc/cpu/isa_*/), compiled with that
+// ISA's -m flags, so none of its code can run on a CPU that lacks it.
 #pragma once
 
 #include "cpu/conv3x3.h"
 
 namespace redkern::cpu {
 
-using Conv3x3F32Fn = void (*)(const float*, const float*, const float*, const float*, float*,
-                              int, int, int, int, int, Epilogue, int);
+using ConvFn = void (*)(const Conv3x3Args&);
 
-void conv3x3_f32_generic(const float* x, const float* packed, const float* bias,
-                         const float* extra, float* y, int n, int h, int w, int cin, int cout,
-                         Epilogue epi, int nthreads);
+struct IsaKernels {
+  ConvFn direct_f32;
+  ConvFn direct_bf16;
+  ConvFn winograd4_f32;
+  ConvFn winograd4_bf16;
+  ConvFn direct_bf16dot;  // null where the ISA has no bf16 dot product
+  double (*fma_peak_gflops)(int nthreads);
+};
+
+const IsaKernels& generic_kernels();
+#if defined(REDKERN_X86)
+const IsaKernels& avx2_kernels();
+const IsaKernels& avx512_kernels();
+const IsaKernels& avx512_bf16_kernels();
+#endif
 
 }  // namespace redkern::cpu

@@ -1,0 +1,125 @@
+"""RED30 on the CPU: redkern against every installed peer, side by side in one process.
+
+    python bench/compare_cpu.py                       # 256x256 and 1024x1024, print the table
+    python bench/compare_cpu.py --sizes 256 --write BENCHMARKS.md
+
+Times are medians of repeats, measured in this one run; ratios are peer time / redkern time
+(> 1 means redkern is faster). Errors are max |y - y64| / max |y64| against an fp64 run of
+the same network (Kaiming-init random weights, inputs in [0, 1]). Peers that are not
+installed are listed with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import sys
+
+import torch
+
+import redkern
+from redkern import benchmarking as B
+from redkern.backends import cpu as cpu_backend
+
+
+def measure(size: int, repeats: int, features: int, compile_: bool) -> tuple[list[dict], list[str]]:
+    torch.manual_seed(0)
+    model = B.kaiming_init_(redkern.RED30(features=features)).eval()
+    x = torch.rand(1, 1, size, size)
+    flops = B.model_flops(model, 1, size, size)
+    want = B.fp64_reference(model, x)
+
+    fused = redkern.RED30(features=features, fused=True).eval()
+    fused.load_state_dict(model.state_dict())
+    fused_bf16 = redkern.RED30(features=features, fused=True).eval()
+    fused_bf16.load_state_dict(model.state_dict())
+    fused_bf16 = fused_bf16.to(torch.bfloat16)
+
+    runners = [B.Peer("redkern fp32", fused)]
+    bf16_ok = torch.bfloat16 in cpu_backend.DTYPES
+    runners.append(B.Peer("redkern bf16", (lambda t: fused_bf16(t.bfloat16())) if bf16_ok else None,
+                          "" if bf16_ok else "the CPU kernels were built without bf16"))
+    runners += B.torch_peers(model, x, compile_=compile_)
+    cl_bf16 = redkern.RED30(features=features).eval()
+    cl_bf16.load_state_dict(model.state_dict())
+    cl_bf16 = cl_bf16.to(torch.bfloat16, memory_format=torch.channels_last)
+    runners.append(B.Peer("torch eager bf16 channels_last",
+                          lambda t: cl_bf16(t.bfloat16().contiguous(memory_format=torch.channels_last))))
+    runners.append(B.onnxruntime_peer(model, x))
+    runners += B.openvino_peers(model, x)
+
+    rows, notes = [], []
+    with torch.inference_mode():
+        for peer in runners:
+            if peer.run is None:
+                notes.append(f"{peer.name}: skipped, {peer.note}")
+                continue
+            err = B.max_rel_error(peer.run(x), want)
+            secs = B.median_seconds(lambda: peer.run(x), repeats=repeats)
+            rows.append({"name": peer.name, "size": size, "seconds": secs,
+                         "gflops": flops / secs / 1e9, "error": err})
+    base = next(r["seconds"] for r in rows if r["name"] == "redkern fp32")
+    for r in rows:
+        r["ratio"] = r["seconds"] / base
+    return rows, notes
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| size | runner | median time (s) | GFLOP/s | time / redkern fp32 | max rel error vs fp64 |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['size']}x{r['size']} | {r['name']} | {r['seconds']:.3f} | {r['gflops']:.0f} | "
+                     f"{r['ratio']:.2f}x | {r['error']:.1e} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--features", type=int, default=64)
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to build)")
+    p.add_argument("--write", metavar="FILE", help="also write the table into FILE (markdown)")
+    args = p.parse_args(argv)
+
+    from redkern import _C
+
+    peak = _C.measure_fma_peak_gflops(torch.get_num_threads()) if hasattr(_C, "measure_fma_peak_gflops") else None
+    header = [f"RED30-{args.features}, 1 channel, batch 1, {torch.get_num_threads()} threads, "
+              f"{B.cpu_model_name()}, CPU kernel ISA {_C.selected_isa()}, torch {torch.__version__}, "
+              f"{datetime.date.today()}",
+              f"Measured fp32 FMA peak: {peak:.0f} GFLOP/s" if peak else "fp32 FMA peak: not measured",
+              f"FLOPs counted as direct convolution: {B.model_flops(redkern.RED30(features=args.features), 1, 1, 1) / 1e6:.2f} MFLOP per pixel"]
+    all_rows, all_notes = [], []
+    for size in args.sizes:
+        rows, notes = measure(size, args.repeats, args.features, not args.no_compile)
+        all_rows += rows
+        all_notes += [n for n in notes if n not in all_notes]
+    out = "\n".join(header) + "\n\n" + table(all_rows) + "\n\n" + "\n".join(f"- {n}" for n in all_notes)
+    print(out)
+    if args.write:
+        cmd = "python bench/compare_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        section = f"## CPU: RED30 against the peers\n\nProduced by `{cmd}` on {platform.node() or 'this machine'}.\n\n{out}\n"
+        _replace_section(args.write, "## CPU: RED30 against the peers", section)
+    return 0
+
+
+def _replace_section(path: str, heading: str, section: str) -> None:
+    """Replace the markdown section that starts at ``heading`` (up to the next '## ')."""
+    try:
+        text = open(path).read()
+    except FileNotFoundError:
+        text = "# Benchmarks\n\n"
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip() + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
+    with open(path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

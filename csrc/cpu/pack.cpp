@@ -1,0 +1,73 @@
+// Weight re-layout for each algorithm (done once per model by the Python backend's cache).
+#include <cstring>
+#include <stdexcept>
+
+#include "cpu/kernel_util.h"
+
+namespace redkern::cpu {
+
+namespace {
+
+// Conv2d-layout tap w[co][ci][ky][kx] of a (possibly transposed) weight. A stride-1
+// transposed conv is the conv with channels swapped and the window flipped.
+float conv_tap(const float* w, int cin, int cout, bool transposed, int co, int ci, int ky, int kx) {
+  return transposed ? w[((std::size_t(ci) * cout + co) * 3 + (2 - ky)) * 3 + (2 - kx)]
+                    : w[((std::size_t(co) * cin + ci) * 3 + ky) * 3 + kx];
+}
+
+// Winograd F(4x4, 3x3) kernel transform G (6x3), for interpolation points 0, +-1, +-2, inf.
+constexpr double kG[6][3] = {{1.0 / 4, 0, 0},
+                             {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                             {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                             {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                             {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                             {0, 0, 1}};
+
+}  // namespace
+
+std::size_t packed_weight_size(int cin, int cout, Algorithm algorithm) {
+  const std::size_t cp = padded_cout(cout);
+  switch (algorithm) {
+    case Algorithm::kDirect: return 9 * std::size_t(cin) * cp;
+    case Algorithm::kWinograd4x4: return 36 * std::size_t(cin) * cp;
+    case Algorithm::kDirectBf16Dot: return 9 * std::size_t(div_up(cin, 2)) * cp;
+  }
+  throw std::invalid_argument("unknown convolution algorithm");
+}
+
+void pack_weight(const float* w, int cin, int cout, bool transposed, Algorithm algorithm,
+                 float* packed) {
+  const int cp = padded_cout(cout);
+  std::memset(packed, 0, packed_weight_size(cin, cout, algorithm) * sizeof(float));
+  for (int co = 0; co < cout; ++co)
+    for (int ci = 0; ci < cin; ++ci) {
+      float g[3][3];
+      for (int ky = 0; ky < 3; ++ky)
+        for (int kx = 0; kx < 3; ++kx) g[ky][kx] = conv_tap(w, cin, cout, transposed, co, ci, ky, kx);
+
+      switch (algorithm) {
+        case Algorithm::kDirect:  // [tap][cin][cout_pad]
+          for (int t = 0; t < 9; ++t) packed[(std::size_t(t) * cin + ci) * cp + co] = g[t / 3][t % 3];
+          break;
+        case Algorithm::kWinograd4x4:  // U = G g G^T in double, as [36][cin][cout_pad]
+          for (int i = 0; i < 6; ++i)
+            for (int k = 0; k < 6; ++k) {
+              double u = 0;
+              for (int a = 0; a < 3; ++a)
+                for (int b = 0; b < 3; ++b) u += kG[i][a] * double(g[a][b]) * kG[k][b];
+              packed[(std::size_t(i * 6 + k) * cin + ci) * cp + co] = float(u);
+            }
+          break;
+        case Algorithm::kDirectBf16Dot: {  // bf16 pairs (ci even, ci odd) per 32-bit word
+          auto* halves = reinterpret_cast<bf16_t*>(packed);
+          for (int t = 0; t < 9; ++t) {
+            const std::size_t word = (std::size_t(t) * div_up(cin, 2) + ci / 2) * cp + co;
+            halves[2 * word + (ci & 1)] = f32_to_bf16(g[t / 3][t % 3]);
+          }
+          break;
+        }
+      }
+    }
+}
+
+}  // namespace redkern::cpu

@@ -1,0 +1,45 @@
+"""Tuning data for the Triton 3x3 convolution (kernels/conv3x3.py): data only, no kernel code.
+
+A tile is one program's share of the implicit GEMM ``out[M, Cout] = A[M, 9*Cin] @ B[9*Cin, Cout]``
+(M = N*H*W output pixels): ``block_m`` pixels x ``block_n`` output channels, reducing
+``block_k`` input channels of one tap per step. ``num_warps`` and ``num_stages`` (the software
+pipeline depth over those steps) go to Triton unchanged.
+
+The launcher shrinks ``block_k``/``block_n`` to the layer's channel counts (never below 16,
+``tl.dot``'s minimum), so a 64-channel tile also serves the 1- and 3-channel end layers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Tile(NamedTuple):
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+# Autotuned on a GPU (keyed on Cin, Cout, pixel count and dtype). Chosen for Hopper/Ampere
+# with 64 or 128 feature maps: one block_n spans all of Cout, so each activation is read
+# once per tap; bigger block_m amortises the weight tile. Configs that cannot fit the
+# device's shared memory are dropped before tuning.
+GPU_TILES: tuple[Tile, ...] = (
+    Tile(128, 64, 64, 4, 3),
+    Tile(128, 64, 64, 4, 4),
+    Tile(256, 64, 64, 8, 3),
+    Tile(64, 64, 64, 4, 4),
+    Tile(128, 64, 32, 4, 4),
+    Tile(128, 128, 64, 8, 3),
+    Tile(256, 128, 64, 8, 3),
+)
+
+# Under TRITON_INTERPRET=1 nothing is tuned: one big tile, because the interpreter's cost is
+# per program and per loop step (numpy calls), not per element.
+INTERPRETER_TILE = Tile(256, 64, 64, 4, 1)
+
+# Fraction of the device's opt-in shared memory a config's operand pipeline may fill
+# (the rest is left to Triton's own scratch, e.g. layout conversions in the epilogue).
+SHARED_MEMORY_FRACTION = 0.9

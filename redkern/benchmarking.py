@@ -1,0 +1,194 @@
+"""What the benchmarks share: FLOP counts, the peers redkern is compared with, error checks.
+
+Used by ``bench/`` and ``bench/compare_cpu.py``. Peers that are not installed are reported
+as skipped with the reason, never as failures.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import platform
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .backends.common import conv_weight
+from .models import REDNet
+
+
+def conv_flops(n: int, h: int, w: int, cin: int, cout: int) -> int:
+    """Multiply-adds x 2 of one direct 3x3 convolution (stride 1, 'same' size)."""
+    return 2 * 9 * n * h * w * cin * cout
+
+
+def model_flops(model: REDNet, n: int, h: int, w: int) -> int:
+    """Direct-convolution FLOPs of one forward pass (2.07 MFLOP per pixel for RED30-64)."""
+    total = 0
+    for i in range(1, model.n + 1):
+        c = model.encoder(i)
+        total += conv_flops(n, h, w, c.in_channels, c.out_channels)
+        d = model.decoder(i)
+        total += conv_flops(n, h, w, d.in_channels, d.out_channels)
+    return total
+
+
+def cpu_model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def max_rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want|, in float64; inf if ``got`` has a non-finite element."""
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def kaiming_init_(model: nn.Module) -> nn.Module:
+    """He-normal weights and small biases: activations keep their scale through 30 layers."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.uniform_(m.bias, -0.01, 0.01)
+    return model
+
+
+def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def as_conv_only(model: REDNet) -> nn.Module:
+    """The same network with every stride-1 deconv exported as a Conv2d (flipped, swapped
+    weight): the form OpenVINO and ONNX Runtime run fastest."""
+    conv_model = copy.deepcopy(model).eval()
+    for j in range(1, model.n + 1):
+        d = model.decoder(j)
+        c = nn.Conv2d(d.in_channels, d.out_channels, 3, padding=1)
+        with torch.no_grad():
+            c.weight.copy_(conv_weight(d.weight, transposed=True))
+            c.bias.copy_(d.bias)
+        setattr(conv_model, f"deconv_{j}", c)
+
+    class ConvOnly(nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            m = self.m
+            saved = {}
+            h = x
+            sources = set(m.skips.values())
+            for i in range(1, m.n + 1):
+                h = torch.relu(m.encoder(i)(h))
+                if i in sources:
+                    saved[i] = h
+            for j in range(1, m.n):
+                h = torch.relu(m.decoder(j)(h))
+                if j in m.skips:
+                    h = torch.relu(h + saved[m.skips[j]])
+            return m.decoder(m.n)(h) + x
+
+    return ConvOnly(conv_model).eval()
+
+
+@dataclass
+class Peer:
+    """One way of running the network: ``run(x) -> y`` or why it cannot run here."""
+
+    name: str
+    run: Callable[[torch.Tensor], torch.Tensor] | None
+    note: str = ""
+
+
+def torch_peers(model: REDNet, x: torch.Tensor, compile_: bool = True) -> list[Peer]:
+    """PyTorch eager NCHW, eager channels_last and torch.compile (with freezing) of the reference."""
+    peers = [Peer("torch eager NCHW", lambda t: model(t))]
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    peers.append(Peer("torch eager channels_last",
+                      lambda t: cl_model(t.contiguous(memory_format=torch.channels_last))))
+    if compile_:
+        try:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            compiled = torch.compile(cl_model)
+            with torch.no_grad():
+                compiled(x.contiguous(memory_format=torch.channels_last))
+            peers.append(Peer("torch.compile (freezing, channels_last)",
+                              lambda t: compiled(t.contiguous(memory_format=torch.channels_last))))
+        except Exception as e:  # a compiler that cannot run here is reported, not fatal
+            peers.append(Peer("torch.compile (freezing, channels_last)", None, f"failed: {e!s:.120}"))
+    return peers
+
+
+def onnxruntime_peer(model: REDNet, x: torch.Tensor) -> Peer:
+    name = "ONNX Runtime fp32"
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return Peer(name, None, "not installed (pip install onnxruntime)")
+    try:
+        buf = io.BytesIO()
+        torch.onnx.export(as_conv_only(model), (x,), buf, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}}, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        return Peer(name, None, f"export failed: {e!s:.160}")
+    return Peer(name, lambda t: torch.from_numpy(sess.run(["y"], {"x": t.numpy()})[0]))
+
+
+def openvino_peers(model: REDNet, x: torch.Tensor) -> list[Peer]:
+    """OpenVINO at fp32 and at its default precision for this CPU (bf16 where supported)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return [Peer("OpenVINO", None, "not installed (pip install openvino)")]
+    try:
+        core = ov.Core()
+        ov_model = ov.convert_model(as_conv_only(model), example_input=x)
+        threads = str(torch.get_num_threads())
+        out = []
+        for label, config in [("OpenVINO fp32", {"INFERENCE_PRECISION_HINT": "f32"}),
+                              ("OpenVINO default", {})]:
+            config = {**config, "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+            compiled = core.compile_model(ov_model, "CPU", config)
+            prec = compiled.get_property("INFERENCE_PRECISION_HINT")
+            prec = prec.get_type_name() if hasattr(prec, "get_type_name") else str(prec)
+            req = compiled.create_infer_request()
+
+            def run(t, req=req):
+                req.infer({0: t.numpy()})
+                return torch.from_numpy(req.get_output_tensor(0).data.copy())
+
+            out.append(Peer(f"{label} ({prec})", run))
+        return out
+    except Exception as e:
+        return [Peer("OpenVINO", None, f"failed: {e!s:.160}")]
+
+
+def fp64_reference(model: REDNet, x: torch.Tensor) -> torch.Tensor:
+    ref = copy.deepcopy(model).double()
+    with torch.no_grad():
+        return ref(x.double())
