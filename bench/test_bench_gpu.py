@@ -1,142 +1,119 @@
-"""GPU benchmarks (pytest-benchmark): RED30 and one fused layer, Triton vs the alternatives.
+"""GPU benchmarks (pytest-benchmark): RED30 and one fused layer, redkern vs PyTorch.
 
-    pytest bench/test_bench_gpu.py --runslow --benchmark-columns=median,min,rounds
+    pytest bench/test_bench_gpu.py --benchmark-only              # the 1x64x512x512 layer
+    pytest bench/test_bench_gpu.py --benchmark-only --runslow    # and RED30 at 1x1x1024x1024
 
 Skipped without CUDA. Every timed call ends in ``torch.cuda.synchronize()``, so a round is the
-whole GPU work, not the launch. ``extra_info`` of each case holds GFLOP/s (direct-convolution
-FLOPs: 2 per multiply-add, 2.07 MFLOP per pixel for RED30-64), GB/s for the layer (NHWC bytes
-in + out), and the maximum error against the float32 reference with TF32 off.
+whole GPU work, not the launch. ``extra_info`` (the ``record`` fixture in bench/conftest.py)
+holds GFLOP/s (direct-convolution FLOPs, 2.07 MFLOP per pixel for RED30-64), megapixels/s
+and the max relative error against a float64 reference of the same weights and input.
 
-Contenders: our Triton kernels (fp16, bf16, fp32 exact), our CUDA C++ backend where built,
-cuDNN through the eager reference model in NCHW and channels_last, and
-``torch.compile(mode="max-autotune")`` of the reference (compile time is not timed).
-The 1024x1024 RED30 cases are marked slow (see pyproject's marker).
+Providers: our Triton kernels (fp16, bf16, exact fp32), our CUDA C++ backend where it is
+built, cuDNN through the eager reference in NCHW and channels_last, and
+``torch.compile(mode="max-autotune")`` of the reference (compiling and tuning are not timed).
+The numbers to expect are in bench/README.md, "Roofline: RED30 on an H100".
 """
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import redkern
+from redkern import benchmarking as B
 
 pytest.importorskip("pytest_benchmark")
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmarks need a CUDA device")]
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-RED30_CASES = ["triton-fp16", "triton-bf16", "triton-fp32", "cuda-fp16",
-               "cudnn-nchw-fp16", "cudnn-channels_last-fp16", "cudnn-channels_last-bf16",
-               "compile-max-autotune-fp16"]
-LAYER_CASES = ["triton-fp16", "triton-bf16", "triton-fp32", "cuda-fp16",
-               "cudnn-nchw-fp16", "cudnn-channels_last-fp16"]
+# Sanity bounds on max |y - ref| / max |ref|, not accuracy targets: a wrong kernel is far off.
+MAX_REL_ERROR = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+RED30_PROVIDERS = ["triton fp16", "triton bf16", "triton fp32", "cuda fp16",
+                   "cudnn NCHW fp16", "cudnn channels_last fp16", "cudnn channels_last bf16",
+                   "torch.compile max-autotune fp16"]
+LAYER_PROVIDERS = ["triton fp16", "triton bf16", "triton fp32", "cuda fp16",
+                   "cudnn NCHW fp16", "cudnn channels_last fp16"]
 
 
-def _needs_backend(name: str) -> None:
-    st = redkern.backends()[name]
-    if not st["available"] or "cuda" not in st["devices"]:
-        pytest.skip(f"backend {name!r} cannot run CUDA tensors here: {st['detail']}")
+def _split(provider: str) -> tuple[str, torch.dtype]:
+    kind, dtype = provider.rsplit(" ", 1)
+    if kind in ("triton", "cuda"):
+        st = redkern.backends()[kind]
+        if not st["available"] or "cuda" not in st["devices"]:
+            pytest.skip(f"backend {kind!r} cannot run CUDA tensors here: {st['detail']}")
+    return kind, DTYPES[dtype]
 
 
-def _flops_per_pixel(model: torch.nn.Module) -> int:
-    """Direct-convolution FLOPs per output pixel: 2 per multiply-add, summed over the layers."""
-    return sum(2 * 9 * m.in_channels * m.out_channels for m in model.modules()
-               if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)))
-
-
-def _exact_fp32(fn):
-    """Run ``fn`` with cuDNN's and cuBLAS's TF32 switched off: the reference is true fp32."""
-    cudnn = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+def _synchronized(fn):
+    def step():
         with torch.no_grad():
-            return fn()
-    finally:
-        torch.backends.cudnn.allow_tf32 = cudnn
+            y = fn()
+        torch.cuda.synchronize()
+        return y
+    return step
 
 
-def _time(benchmark, step, flops: float, nbytes: float | None, err: dict, rounds: int) -> None:
-    benchmark.pedantic(step, rounds=rounds, warmup_rounds=3, iterations=1)
-    benchmark.extra_info.update(err)
-    stats = getattr(benchmark, "stats", None)
-    if stats is not None:  # absent under --benchmark-disable
-        median = stats.stats.median
-        benchmark.extra_info["GFLOP/s"] = round(flops / median / 1e9, 1)
-        if nbytes is not None:
-            benchmark.extra_info["GB/s"] = round(nbytes / median / 1e9, 1)
-
-
-def _errors(y: torch.Tensor, ref: torch.Tensor) -> dict:
-    diff = (y.float() - ref.float()).abs().max().item()
-    return {"max_abs_err": diff, "max_rel_err": diff / ref.float().abs().max().item()}
+@functools.lru_cache(maxsize=1)
+def _red30():
+    """RED30-64 with He-initialised weights (activations keep their scale through 30 layers),
+    a 1x1x1024x1024 input and the float64 reference output."""
+    torch.manual_seed(0)
+    model = B.kaiming_init_(redkern.RED30()).cuda().eval()
+    x = torch.rand(1, 1, 1024, 1024, device="cuda")
+    return model, x, B.fp64_reference(model, x)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", RED30_CASES)
-def test_red30_1024x1024(benchmark, case):
-    kind, dtype = case.rsplit("-", 1)[0], DTYPES[case.rsplit("-", 1)[1]]
-    torch.manual_seed(0)
-    ref = redkern.RED30().cuda().eval()
-    x32 = torch.rand(1, 1, 1024, 1024, device="cuda")
-    expect = _exact_fp32(lambda: ref(x32))
+@pytest.mark.parametrize("provider", RED30_PROVIDERS)
+def test_red30_1024x1024(benchmark, record, provider):
+    benchmark.group = "RED30-64 1x1x1024x1024 (GPU)"
+    kind, dtype = _split(provider)
+    ref, x32, want = _red30()
     x = x32.to(dtype)
     if kind in ("triton", "cuda"):
-        _needs_backend(kind)
         model = redkern.RED30(fused=True, backend=kind)
         model.load_state_dict(ref.state_dict())
-        model = model.cuda().to(dtype).eval()
+        model = model.to("cuda", dtype).eval()
     else:
-        model = redkern.RED30().cuda().to(dtype).eval()
+        model = redkern.RED30().to("cuda", dtype).eval()
         model.load_state_dict(ref.state_dict())
-        if "channels_last" in kind or "compile" in kind:
+        if kind != "cudnn NCHW":
             model = model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        if kind.startswith("compile"):
+        if kind.startswith("torch.compile"):
             model = torch.compile(model, mode="max-autotune")
-
-    def step():
-        with torch.no_grad():
-            y = model(x)
-        torch.cuda.synchronize()
-        return y
-
-    y = step()  # compiles and autotunes outside the timed rounds
-    flops = _flops_per_pixel(ref) * x.numel()
-    benchmark.extra_info["MFLOP/pixel"] = round(_flops_per_pixel(ref) / 1e6, 3)
-    _time(benchmark, step, flops, None, _errors(y, expect), rounds=10 if dtype == torch.float32 else 20)
+    step = _synchronized(lambda: model(x))
+    error = B.max_rel_error(step(), want)  # the first call also compiles and autotunes
+    benchmark.pedantic(step, rounds=10 if dtype == torch.float32 else 20, warmup_rounds=3)
+    record(flops=B.model_flops(ref, 1, 1024, 1024), pixels=1024 * 1024, error=error, backend=kind,
+           dtype=str(dtype).removeprefix("torch."), gpu=torch.cuda.get_device_name())
+    assert error <= MAX_REL_ERROR[dtype], f"{provider} result is wrong: max rel error {error}"
 
 
-@pytest.mark.parametrize("case", LAYER_CASES)
-def test_layer_1x64x512x512(benchmark, case):
-    """The middle decoder layer: relu(relu(deconv(x) + b) + skip), 64 -> 64 channels."""
-    kind, dtype = case.rsplit("-", 1)[0], DTYPES[case.rsplit("-", 1)[1]]
+@pytest.mark.parametrize("provider", LAYER_PROVIDERS)
+def test_layer_1x64x512x512(benchmark, record, provider):
+    """A skip decoder layer, relu(relu(deconv(x) + b) + skip), 64 -> 64 channels."""
+    benchmark.group = "deconv_relu + skip 1x64x512x512 (GPU)"
+    kind, dtype = _split(provider)
     torch.manual_seed(0)
     n, c, h, w = 1, 64, 512, 512
-    x32 = torch.randn(n, c, h, w, device="cuda")
-    skip32 = torch.randn(n, c, h, w, device="cuda")
-    w32 = torch.randn(c, c, 3, 3, device="cuda") / 24
-    b32 = torch.randn(c, device="cuda") * 0.1
-    expect = _exact_fp32(lambda: F.relu(F.relu(F.conv_transpose2d(x32, w32, b32, padding=1)) + skip32))
-    fmt = torch.contiguous_format if kind == "cudnn-nchw" else torch.channels_last
-    x, skip = (t.to(dtype).contiguous(memory_format=fmt) for t in (x32, skip32))
-    weight, bias = w32.to(dtype), b32.to(dtype)
+    x64, skip64 = torch.rand(n, c, h, w, device="cuda").double(), torch.rand(n, c, h, w, device="cuda").double()
+    w64 = torch.randn(c, c, 3, 3, device="cuda").double() * (2 / 576) ** 0.5
+    b64 = torch.randn(c, device="cuda").double() * 0.1
+    want = redkern.ops.reference_deconv_relu(x64, w64, b64, skip64)
+    fmt = torch.contiguous_format if kind == "cudnn NCHW" else torch.channels_last
+    x, skip = (t.to(dtype).contiguous(memory_format=fmt) for t in (x64, skip64))
+    weight, bias = w64.to(dtype), b64.to(dtype)
     if kind in ("triton", "cuda"):
-        _needs_backend(kind)
-
-        def op():
-            return torch.ops.redkern.deconv_relu(x, weight, bias, skip, kind)
+        step = _synchronized(lambda: torch.ops.redkern.deconv_relu(x, weight, bias, skip, kind))
     else:
-        def op():
-            return F.relu(F.relu(F.conv_transpose2d(x, weight, bias, padding=1)) + skip)
-
-    def step():
-        with torch.no_grad():
-            y = op()
-        torch.cuda.synchronize()
-        return y
-
-    y = step()
-    flops = 2 * 9 * c * c * n * h * w
-    nbytes = 3 * x.numel() * x.element_size()  # x, skip in; y out (weights stay in cache)
-    _time(benchmark, step, flops, nbytes, _errors(y, expect), rounds=50)
+        step = _synchronized(lambda: F.relu(F.relu(F.conv_transpose2d(x, weight, bias, padding=1)) + skip))
+    error = B.max_rel_error(step(), want)
+    benchmark.pedantic(step, rounds=50, warmup_rounds=5)
+    record(flops=B.conv_flops(n, h, w, c, c), pixels=h * w, error=error, backend=kind,
+           dtype=str(dtype).removeprefix("torch."), gpu=torch.cuda.get_device_name())
+    assert error <= MAX_REL_ERROR[dtype], f"{provider} result is wrong: max rel error {error}"

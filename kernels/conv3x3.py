@@ -111,9 +111,13 @@ def _shared_memory_bytes(t: Tile, element_size: int) -> int:
 
 
 def _prune(configs, named_args, **kwargs):
-    """Fit the autotuning configs to this layer's channels and the device's shared memory."""
-    cin, cout, x = named_args["CIN"], named_args["COUT"], named_args["x_ptr"]
-    limit = SHARED_MEMORY_FRACTION * torch.cuda.get_device_properties(x.device).shared_memory_per_block_optin
+    """Fit the autotuning configs to this layer's channels and the device's shared memory.
+
+    Rebuilt from ``GPU_TILES`` (the same list as ``configs``), whose tiles carry the data."""
+    args = {**named_args, **kwargs}  # the autotuner names positional args; constexprs come as kwargs
+    cin, cout, x = args["CIN"], args["COUT"], args["x_ptr"]
+    optin = getattr(torch.cuda.get_device_properties(x.device), "shared_memory_per_block_optin", 0)
+    limit = SHARED_MEMORY_FRACTION * optin if optin else float("inf")  # unknown: Triton rejects misfits
     fitted = {}
     for t in GPU_TILES:
         t = fit_tile(t, cin, cout)
@@ -210,8 +214,11 @@ def conv3x3_nhwc(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor,
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(cout, meta["BLOCK_N"]))
 
-        with torch.cuda.device(x.device):  # Triton launches on the current device
+        if x.device.index == torch.cuda.current_device():
             _conv3x3_nhwc_tuned[grid](*args, **meta)
+        else:
+            with torch.cuda.device(x.device):  # Triton launches on the current device
+                _conv3x3_nhwc_tuned[grid](*args, **meta)
     return out
 
 

@@ -32,7 +32,10 @@ def to_nhwc(x: torch.Tensor) -> torch.Tensor:
     """
     if is_channels_last(x):
         return x
-    return x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    # Not .permute(0, 2, 3, 1).contiguous(): for C == 1 that view counts as contiguous already,
+    # so nothing is copied and stride(1) stays H*W.
+    n, c, h, w = x.shape
+    return torch.empty((n, h, w, c), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2).copy_(x)
 
 
 def conv_weight(weight: torch.Tensor, transposed: bool) -> torch.Tensor:

@@ -14,6 +14,7 @@ variable ``REDKERN_TF32=1``; ``REDKERN_TF32=0`` forces exact fp32 whatever torch
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -43,6 +44,13 @@ def _names(dtypes) -> str:
 
 
 def status() -> dict:
+    """``{"available", "devices", "detail"}``: where the kernels run here, or why they cannot."""
+    st = _status()
+    return {**st, "devices": list(st["devices"])}  # a copy: callers may not edit the cached one
+
+
+@functools.cache  # what triton and the driver report does not change within a process
+def _status() -> dict:
     if _kernels is None:
         why = "triton is not installed" if isinstance(_IMPORT_ERROR, ModuleNotFoundError) else "triton failed to import"
         return {"available": False, "devices": [], "detail": f"{why} ({_IMPORT_ERROR}); pip install 'redkern[triton]'"}
@@ -63,15 +71,16 @@ def status() -> dict:
 
 
 def check_can_run(device: torch.device) -> None:
-    st = status()
+    st = _status()
+    if device.type in st["devices"]:
+        return
     if not st["available"]:
         raise BackendUnavailable(f"the Triton backend is unavailable: {st['detail']}")
-    if device.type not in st["devices"]:
-        if device.type == "cpu":
-            raise BackendUnavailable("Triton runs CPU tensors only under its interpreter (TRITON_INTERPRET=1 "
-                                     "set before triton is imported); use backend='cpu' for the C++ kernels")
-        raise BackendUnavailable(f"the Triton backend runs {st['devices']} tensors here ({st['detail']}), "
-                                 f"got a tensor on {device}")
+    if device.type == "cpu":
+        raise BackendUnavailable("Triton runs CPU tensors only under its interpreter (TRITON_INTERPRET=1 "
+                                 "set before triton is imported); use backend='cpu' for the C++ kernels")
+    raise BackendUnavailable(f"the Triton backend runs {st['devices']} tensors here ({st['detail']}), "
+                             f"got a tensor on {device}")
 
 
 def tf32_allowed() -> bool:
