@@ -30,13 +30,19 @@ class CMakeExtension(Extension):
 class CMakeBuild(build_ext):
     """Configure and build CMakeLists.txt once; it produces every extension module."""
 
+    def run(self):
+        # setuptools clears self.inplace while building and copies back only the modules it
+        # knows of; remember where the modules belong so CMake writes all of them there.
+        self._into_source = bool(self.inplace or getattr(self, "editable_mode", False))
+        super().run()
+
     def build_extension(self, ext):
         import pybind11
 
         # Every module CMake builds (_C, _cuda, ...) lands beside the one setuptools knows of;
         # in-place and editable builds put them in the source tree directly.
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        if self.inplace or getattr(self, "editable_mode", False):
+        if getattr(self, "_into_source", False):
             out_dir = ROOT / "redkern"
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)

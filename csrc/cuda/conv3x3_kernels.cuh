@@ -69,6 +69,7 @@ __device__ __forceinline__ void load_input_tile(const ConvParams& p, const T* x,
   if (p.vec_x) {
     constexpr int V = 16 / sizeof(T);  // elements per 16-byte vector
     constexpr int kVecs = CK / V;
+#pragma unroll 1  // unrolled, the bounds arithmetic makes ptxas spill on sm_80
     for (int i = threadIdx.x; i < kHaloPixels * kVecs; i += kThreads) {
       const int pix = i / kVecs, c = (i % kVecs) * V;
       const int gy = y0 - 1 + pix / kHaloW, gx = x0 - 1 + pix % kHaloW + shift;
@@ -82,6 +83,7 @@ __device__ __forceinline__ void load_input_tile(const ConvParams& p, const T* x,
     }
   } else {
     const T zero = from_float<T>(0.f);
+#pragma unroll 1
     for (int i = threadIdx.x; i < kHaloPixels * CK; i += kThreads) {
       const int pix = i / CK, c = i % CK;
       const int gy = y0 - 1 + pix / kHaloW, gx = x0 - 1 + pix % kHaloW + shift;

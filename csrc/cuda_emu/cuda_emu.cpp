@@ -2,6 +2,7 @@
 // threads with a real barrier between them. See cuda_emu.h for the model.
 #include "cuda_emu/cuda_emu.h"
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -16,6 +17,7 @@ namespace {
 
 constexpr std::size_t kGuardBytes = 4096;
 constexpr unsigned char kGuardByte = 0xA5;
+constexpr std::size_t kSmemAlign = 128;
 
 // Thrown in a waiting thread when another thread of its block faulted: it unwinds the
 // kernel body; the block's first fault is what the launch reports.
@@ -58,7 +60,10 @@ struct Launch {
   Schedule schedule;
   const std::function<void()>* body;
   unsigned nthreads;
-  std::vector<unsigned char> arena;
+  // Dynamic shared memory plus the guard zone, 128-byte aligned like the hardware's.
+  std::vector<unsigned char> storage;
+  unsigned char* arena = nullptr;
+  std::size_t arena_size = 0;
   std::vector<std::unique_ptr<WarpLog>> warps;
 
   std::mutex m;
@@ -200,7 +205,7 @@ struct Launch {
         return;
       }
     }
-    for (std::size_t i = smem; i < arena.size(); ++i)
+    for (std::size_t i = smem; i < arena_size; ++i)
       if (arena[i] != kGuardByte) {
         fail(0, "wrote past the end of its " + std::to_string(smem) +
                     " bytes of dynamic shared memory (at byte " + std::to_string(i) + ")");
@@ -245,7 +250,9 @@ void run_grid(const char* name, dim3 grid, dim3 block, std::size_t smem_bytes, S
   L.schedule = schedule;
   L.body = &body;
   L.nthreads = block.x * block.y * block.z;
-  L.arena.assign(smem_bytes + kGuardBytes, kGuardByte);
+  L.arena_size = smem_bytes + kGuardBytes;
+  L.storage.assign(L.arena_size + kSmemAlign, kGuardByte);
+  L.arena = L.storage.data() + (kSmemAlign - reinterpret_cast<std::uintptr_t>(L.storage.data()) % kSmemAlign);
   for (unsigned w = 0; w < (L.nthreads + warpSize - 1) / warpSize; ++w)
     L.warps.push_back(std::make_unique<WarpLog>());
   for (unsigned t = 0; t < L.nthreads; ++t)
@@ -271,7 +278,7 @@ void run_grid(const char* name, dim3 grid, dim3 block, std::size_t smem_bytes, S
   for (unsigned bz = 0; bz < grid.z && !L.failed; ++bz)
     for (unsigned by = 0; by < grid.y && !L.failed; ++by)
       for (unsigned bx = 0; bx < grid.x && !L.failed; ++bx) {
-        std::memset(L.arena.data(), 0xFF, smem_bytes);  // NaN in float, half and bfloat16
+        std::memset(L.arena, 0xFF, smem_bytes);  // NaN in float, half and bfloat16
         for (auto& w : L.warps) {
           w->calls.clear();
           w->base = 0;
@@ -296,7 +303,7 @@ void sync_block() {
   c.launch->arrive(c.tid);
 }
 
-unsigned char* dynamic_shared_memory() { return ctx("dynamic_shared_memory()").launch->arena.data(); }
+unsigned char* dynamic_shared_memory() { return ctx("dynamic_shared_memory()").launch->arena; }
 
 unsigned lane_id() { return ctx("lane_id()").tid % warpSize; }
 
