@@ -13,6 +13,8 @@ from . import ops  # registers torch.ops.redkern.*
 from .backends.common import BackendUnavailable
 from .fused import FusedREDNet
 from .models import RED10, RED20, RED30, REDNet, skip_pairs
+from .tiling import InexactTilingWarning, restore_file, run_tiled, tiled
+from . import pretrained  # redkern.pretrained("denoise"): the shipped weights (loaded on call)
 
 
 def backends() -> dict[str, dict]:
@@ -24,4 +26,5 @@ def backends() -> dict[str, dict]:
 
 
 __all__ = ["REDNet", "FusedREDNet", "RED10", "RED20", "RED30", "skip_pairs", "backends",
-           "BackendUnavailable", "ops", "__version__"]
+           "BackendUnavailable", "ops", "__version__", "tiled", "restore_file", "run_tiled",
+           "InexactTilingWarning", "pretrained"]

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["open_image", "create_image", "read_image", "write_image", "sample_path",
-           "to_float", "from_float", "rgb_to_ycbcr", "ycbcr_to_rgb", "ChannelPlan",
+           "check_target", "to_float", "from_float", "rgb_to_ycbcr", "ycbcr_to_rgb", "ChannelPlan",
            "ImageError", "ImageNotFound", "UnsupportedFormat", "UnreadableImage",
            "OutputExists", "OutputNotWritable", "SUFFIXES"]
 
@@ -354,32 +354,45 @@ def _open_tiff(path) -> ImageReader:
 
     tif = tifffile.TiffFile(path)
     try:
-        page = tif.pages.first
+        page = tif.pages[0]
         alpha = bool(page.extrasamples) and int(page.extrasamples[-1]) in (1, 2)  # assoc/unassoc
         separate = page.planarconfig == 2 and page.samplesperpixel > 1
-        shape = page.shape[1:] + page.shape[:1] if separate else page.shape
-        shape = _hwc_shape(path, shape)
-        if page.is_final and not separate:
+        shape = _hwc_shape(path, page.shape[1:] + page.shape[:1] if separate else page.shape)
+        stored_as_is = (page.is_contiguous and page.fillorder == 1 and page.predictor == 1
+                        and not page.is_subsampled)
+        if stored_as_is and not separate:
             offset, dtype = page.dataoffsets[0], np.dtype(tif.byteorder + page.dtype.char)
             pixels = _MappedPixels(path, offset, shape, dtype)
             tif.close()
-        elif _zarr() is not None:  # compressed or tiled: decode only the chunks a region needs
-            store = page.aszarr()
-            array = _zarr().open_array(store, mode="r")
-
-            def close(store=store):
-                store.close()
-                tif.close()
-
-            pixels = _ArrayPixels(array, channels_first=separate, on_close=close)
         else:
-            pixels = _ArrayPixels(page.asarray(), channels_first=separate)
-            tif.close()
-        return ImageReader(path, pixels, "tiff", alpha=alpha if shape[2] > 1 else False,
-                           bigtiff=tif.is_bigtiff)
+            pixels = _tiff_chunks(page, tif, separate)
+        return ImageReader(path, pixels, "tiff", alpha=alpha and shape[2] > 1, bigtiff=tif.is_bigtiff)
     except BaseException:
         tif.close()
         raise
+
+
+def _tiff_chunks(page, tif, separate: bool):
+    """A compressed or tiled TIFF page, decoded chunk by chunk through zarr where it can be."""
+    store = None
+    if _zarr() is not None:
+        try:
+            store = page.aszarr()
+            array = _zarr().open_array(store, mode="r")
+        except Exception:  # a zarr that this tifffile cannot serve: decode the page whole
+            if store is not None:
+                store.close()
+            store = None
+    if store is None:
+        pixels = _ArrayPixels(page.asarray(), channels_first=separate)
+        tif.close()
+        return pixels
+
+    def close():
+        store.close()
+        tif.close()
+
+    return _ArrayPixels(array, channels_first=separate, on_close=close)
 
 
 def _open_zarr(path) -> ImageReader:
@@ -488,7 +501,7 @@ def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: 
     if why:
         raise UnsupportedFormat(f"{path}: {fmt} cannot store {why}; choose another output "
                                 "format (.tif, .npy, .zarr) or pixel type", path=path, reading=False)
-    _check_target(path, overwrite)
+    check_target(path, overwrite)
     if fmt == "zarr":
         _require_zarr(path, reading=False)
     if fmt == "tiff" and bigtiff is None:
@@ -503,7 +516,7 @@ def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: 
         yield ImageWriter(path, pixels, finish)
         finish()
         pixels.close()
-        _check_target(path, overwrite)  # again: something may have appeared there meanwhile
+        check_target(path, overwrite)  # again: something may have appeared there meanwhile
         _publish(temp, path)
     except BaseException:
         if pixels is not None:
@@ -513,7 +526,9 @@ def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: 
         raise
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
+def check_target(path, overwrite: bool = False) -> None:
+    """Raise ``OutputExists`` or ``OutputNotWritable`` unless a new image can go to ``path``."""
+    path = Path(path)
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise OutputExists(f"{path}: exists; pass overwrite=True (--overwrite) to replace it",
@@ -568,8 +583,8 @@ def _create_tiff(temp, shape, dtype, alpha, bigtiff):
                      photometric="rgb" if channels >= 3 else "minisblack", extrasamples=extrasamples,
                      bigtiff=bool(bigtiff) or nbytes > 2**32 - 2**25, metadata=None)
     with tifffile.TiffFile(temp) as tif:
-        page = tif.pages.first
-        assert page.is_final, "tifffile wrote a non-contiguous empty image"
+        page = tif.pages[0]
+        assert page.is_contiguous, "tifffile wrote a non-contiguous empty image"
         offset = page.dataoffsets[0]
     pixels = _MappedPixels(temp, offset, shape, dtype, writable=True)
     return pixels, pixels.finish

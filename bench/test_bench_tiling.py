@@ -1,0 +1,58 @@
+"""Tiled against whole-image inference: the default model (RED30, fused, backend auto) on an
+image that fits in memory, side by side in one group per size; megapixels/s (of the image,
+not of the tiles with their halos) in extra_info.
+
+    pytest bench/test_bench_tiling.py --benchmark-only               # 256x256
+    pytest bench/test_bench_tiling.py --benchmark-only --runslow     # and 1024x1024
+
+What tiling costs is the halo: each tile recomputes ``radius`` (30) pixels of context on every
+interior side, so small tiles do more work per output pixel (``work`` in extra_info).
+"""
+
+import functools
+
+import pytest
+import torch
+
+import redkern
+from redkern import benchmarking as B
+from redkern.backends import default_for
+from redkern.tiling import plan_tiles, resolve_halo, tiled
+
+FEATURES = 32  # modest, so the default run stays short on a CPU
+SIZES = [256, pytest.param(1024, marks=pytest.mark.slow)]
+# (name, tile, batch); None runs the whole image in one model call.
+CASES = [("whole image", None, 1), ("tiled, one tile", 4096, 1), ("tiled 128", 128, 1),
+         ("tiled 128, batch 4", 128, 4), ("tiled 512", 512, 1)]
+
+
+@functools.lru_cache(maxsize=None)
+def model():
+    torch.manual_seed(0)
+    return B.kaiming_init_(redkern.RED30(features=FEATURES, fused=True)).eval()
+
+
+@pytest.mark.parametrize("name,tile,batch", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("size", SIZES)
+def test_tiling(benchmark, record, size, name, tile, batch):
+    benchmark.group = f"tiling: RED30 fused ({FEATURES} features) 1x1x{size}x{size}"
+    net = model()
+    x = torch.rand(1, 1, size, size)
+    if tile is None:
+        def run():
+            with torch.no_grad():
+                return net(x)
+        work = 1.0
+    else:
+        def run():
+            return tiled(net, x, tile=tile, batch=batch, quiet=True)
+        tiles = plan_tiles(size, size, tile, resolve_halo(net, None))
+        work = sum((t.window[0].stop - t.window[0].start) * (t.window[1].stop - t.window[1].start)
+                   for t in tiles) / size**2
+        with torch.no_grad():
+            want = net(x)
+        error = B.max_rel_error(run(), want)  # Kaiming RED30 outputs reach ~30: relative to the largest
+        assert error <= 1e-5, f"{name}: tiled differs from whole-image inference by {error} (relative)"
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    record(pixels=size * size, backend=default_for(x.device), dtype="float32", tile=tile, batch=batch,
+           work=round(work, 3))

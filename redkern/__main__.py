@@ -1,0 +1,5 @@
+"""``python -m redkern``: the command line (see ``redkern.cli``)."""
+
+from .cli import main
+
+raise SystemExit(main())

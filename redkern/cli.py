@@ -1,0 +1,387 @@
+"""The ``redkern`` command line (also ``python -m redkern``).
+
+    redkern demo                                  # RED30 on the bundled sample, and how fast
+    redkern restore noisy.png clean.png --weights red30.pt
+    redkern restore scan.tif out.tif --tile 1024 --device cuda --batch 4
+    redkern info                                  # version, backends, CPU features, devices
+
+``--task denoise|sr|jpeg`` uses the weights that ship with the package (redkern.pretrained).
+With neither ``--task`` nor ``--weights`` the model has random weights (seeded, so runs
+repeat): that shows speed, not restoration, and the command says so.
+
+Exit codes: 0 done; 1 failed while running; 2 bad arguments (including a backend that cannot
+run here or weights that do not fit the model); 3 the input cannot be read (missing,
+unsupported format, damaged); 4 the output cannot be written (exists without
+``--overwrite``, directory missing or read-only, format cannot hold the pixels);
+130 interrupted (Ctrl-C); 143 terminated (SIGTERM). A run that does not finish leaves no
+output and no temporary file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+import warnings
+
+EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+DEPTHS = {"red10": 10, "red20": 20, "red30": 30}
+
+
+class UsageError(Exception):
+    """Arguments that cannot work; exit code 2."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logger = logging.getLogger("redkern")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("redkern: %(message)s"))
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    try:
+        with _sigterm_as_exit():
+            return args.run(args)
+    except UsageError as e:
+        return _fail(EXIT_USAGE, str(e))
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPTED, "interrupted: no output was written and no temporary file is left")
+    except SystemExit as e:
+        if e.code == 128 + signal.SIGTERM:
+            return _fail(e.code, "terminated: no output was written and no temporary file is left")
+        raise
+    except Exception as e:
+        from .backends.common import BackendUnavailable
+        from .imageio import ImageError
+
+        if isinstance(e, ImageError):
+            return _fail(EXIT_INPUT if e.reading else EXIT_OUTPUT, str(e))
+        if isinstance(e, BackendUnavailable):
+            return _fail(EXIT_USAGE, f"{e} (--backend reference runs the plain PyTorch model)")
+        return _fail(EXIT_FAILED, f"failed: {type(e).__name__}: {e}")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"redkern: {message}", file=sys.stderr)
+    return code
+
+
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """SIGTERM unwinds like Ctrl-C, so temporary files are removed on the way out."""
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --- arguments ----------------------------------------------------------------------------
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="redkern", description="RED-Net image restoration with "
+                                     "fused 3x3 convolution kernels.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    model = argparse.ArgumentParser(add_help=False)
+    m = model.add_argument_group("model")
+    m.add_argument("--model", choices=sorted(DEPTHS), help="network depth (default: from --weights, else red30)")
+    m.add_argument("--weights", metavar="FILE", help="a RED-Net state_dict (torch.save); "
+                   "without it the weights are random (a demo of speed, not of restoration)")
+    m.add_argument("--task", choices=["denoise", "sr", "jpeg"], help="use the shipped RED30 weights for "
+                   "this task (redkern.pretrained); sr takes the image already bicubic-enlarged")
+    m.add_argument("--channels", type=_positive, help="model channels: 1 (grayscale, or the Y of colour "
+                   "images) or 3 (RGB) (default: from --weights, else 1)")
+    m.add_argument("--features", type=_positive, help="feature maps per layer (default: from --weights, else 64)")
+    m.add_argument("--backend", default="auto", choices=["auto", "cpu", "triton", "cuda", "reference"],
+                   help="fused kernels to use; 'reference' runs the plain PyTorch model (default: auto)")
+    m.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present, else cpu)")
+    m.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="model precision (default: float32)")
+    t = model.add_argument_group("tiling")
+    t.add_argument("--tile", type=_positive, default=512, help="tile size fed to the model, halo included (default: 512)")
+    t.add_argument("--halo", type=_non_negative, help="context around each tile (default: the receptive "
+                   "field radius, which makes tiling exact)")
+    t.add_argument("--allow-inexact", action="store_true", help="accept a halo below the radius")
+    t.add_argument("--batch", type=_positive, default=1, help="tiles per model call (default: 1)")
+    t.add_argument("--quiet", "-q", action="store_true", help="no progress bar or notes")
+
+    restore = commands.add_parser("restore", parents=[model], help="restore an image file",
+                                  description="Restore INPUT into OUTPUT tile by tile. Formats: .png .jpg "
+                                  ".jpeg .tif .tiff .btf .tf8 .npy .zarr; .npy, TIFF and .zarr never need "
+                                  "the whole image in memory.")
+    restore.add_argument("input", metavar="INPUT")
+    lv = restore.add_mutually_exclusive_group()  # with --task: checked against the trained range
+    lv.add_argument("--sigma", type=float, help="--task denoise: the noise level (0-255 scale)")
+    lv.add_argument("--scale", type=int, help="--task sr: the factor the input was enlarged by")
+    lv.add_argument("--quality", type=int, help="--task jpeg: the JPEG quality")
+    restore.add_argument("output", metavar="OUTPUT")
+    restore.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    restore.add_argument("--out-dtype", default="same", choices=["same", "uint8", "uint16", "float32", "float64"],
+                         help="OUTPUT pixel type (default: the same as INPUT)")
+    restore.set_defaults(run=_restore)
+
+    demo = commands.add_parser("demo", parents=[model], help="run the model on the bundled sample image",
+                               description="Add Gaussian noise to the bundled 256x256 sample, restore it, "
+                               "and report what ran and how fast.")
+    demo.add_argument("--sigma", type=float, default=25.0, help="noise level on the 0-255 scale (default: 25)")
+    demo.add_argument("--output", metavar="FILE", help="also write the restored sample here")
+    demo.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    demo.set_defaults(run=_demo)
+
+    info = commands.add_parser("info", help="version, backends, CPU features, devices")
+    info.set_defaults(run=_info)
+
+    from . import evaluation, training
+    training.add_arguments(commands.add_parser("train", help="train a RED-Net on a folder of images",
+                                               description=training.__doc__.split("\n\n")[0])
+                           ).set_defaults(run=training.main)
+    evaluation.add_arguments(commands.add_parser("eval", help="PSNR/SSIM of a model against the "
+                                                 "classical baseline", description=evaluation.__doc__.split("\n\n")[0])
+                             ).set_defaults(run=evaluation.main)
+    return parser
+
+
+# --- the model ----------------------------------------------------------------------------
+
+def _load_weights(path: str) -> dict:
+    import torch
+
+    if not os.path.exists(path):
+        raise UsageError(f"--weights {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"--weights {path}: cannot load it as a state_dict: {e}") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or "conv_1.weight" not in state:
+        raise UsageError(f"--weights {path}: not a RED-Net state_dict (no conv_1.weight)")
+    return state
+
+
+def _build_model(args):
+    """``(model, description)`` from the model options."""
+    import torch
+
+    import redkern
+
+    depth, channels, features, state = DEPTHS.get(args.model), args.channels, args.features, None
+    if args.task:
+        from . import pretrained
+
+        if args.weights:
+            raise UsageError("--task loads the shipped weights; give --task or --weights, not both")
+        args.weights = str(pretrained.path(args.task))
+        level = {"denoise": "sigma", "sr": "scale", "jpeg": "quality"}[args.task]
+        if getattr(args, level, None) is not None:
+            pretrained.check_level(args.task, getattr(args, level))
+    if args.weights:
+        state = _load_weights(args.weights)
+        found = {"depth": 2 * sum(k.startswith("conv_") and k.endswith(".weight") for k in state),
+                 "features": state["conv_1.weight"].shape[0], "channels": state["conv_1.weight"].shape[1]}
+        for name, value in (("depth", depth), ("features", features), ("channels", channels)):
+            if value is not None and value != found[name]:
+                raise UsageError(f"--weights {args.weights} has {name} {found[name]}, but {value} was asked for")
+        depth, channels, features = found["depth"], found["channels"], found["features"]
+    depth, channels, features = depth or 30, channels or 1, features or 64
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f"--device {args.device}: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is available here")
+
+    torch.manual_seed(0)  # random weights repeat from run to run
+    if args.backend == "reference":
+        model = redkern.REDNet(depth, channels, features)
+    else:
+        from .backends import resolve
+
+        resolve(args.backend, device)  # fail now, with the reason, rather than mid-image
+        model = redkern.FusedREDNet(depth, channels, features, backend=args.backend)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise UsageError(f"--weights {args.weights} does not fit RED{depth}: {e}") from e
+    else:
+        print(f"redkern: note: no --weights or --task given, so RED{depth} has RANDOM weights (seed 0): "
+              "the output shows speed, not restoration (use --task denoise|sr|jpeg for the shipped "
+              "weights)", file=sys.stderr)
+    model = model.to(device=device, dtype=getattr(torch, args.dtype)).eval()
+    if args.backend == "reference":
+        kind = "reference PyTorch"
+    else:
+        from .backends import default_for
+
+        kind = f"fused, backend {default_for(device) if args.backend == 'auto' else args.backend}"
+    weights = f"weights {os.path.basename(args.weights)}" if state is not None else "random weights"
+    return model, (f"RED{depth} ({channels} channel{'s' if channels > 1 else ''}, {features} features, "
+                   f"{kind}, {args.dtype} on {device}, {weights})")
+
+
+# --- commands -----------------------------------------------------------------------------
+
+def _restore(args) -> int:
+    from . import imageio
+    from .tiling import restore_file
+
+    imageio.format_of(args.output, reading=False)  # the cheap checks first, then the model
+    imageio.check_target(args.output, args.overwrite)
+    out_dtype = None if args.out_dtype == "same" else args.out_dtype
+    with imageio.open_image(args.input) as reader:
+        model, description = _build_model(args)
+        _check_fit(args, model, reader.height, reader.width,
+                   lambda: imageio.ChannelPlan(reader.channels, reader.alpha, model.channels, out_dtype or reader.dtype))
+        logging.getLogger("redkern").info("model: %s", description)
+        run = restore_file(model, reader, args.output, tile=args.tile, halo=args.halo, batch=args.batch,
+                           allow_inexact=args.allow_inexact, overwrite=args.overwrite, out_dtype=out_dtype,
+                           quiet=args.quiet)
+    print(f"wrote {args.output}: {run.height}x{run.width}, {_tiles(run.tiles, run.tile_shape, run.halo)}, "
+          f"{run.megapixels:.3g} MP in {run.seconds:.2f} s ({run.megapixels_per_second:.3g} MP/s) on {run.device}")
+    return 0
+
+
+def _check_fit(args, model, height: int, width: int, plan=lambda: None):
+    """The tiles and channels that the options ask for, or a UsageError saying why they cannot work."""
+    from .tiling import plan_tiles, resolve_halo
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the run itself warns about an inexact halo
+            halo = resolve_halo(model, args.halo, args.allow_inexact)
+        plan()
+        return halo, plan_tiles(height, width, args.tile, halo)
+    except ValueError as e:
+        raise UsageError(str(e).replace("allow_inexact=True (--allow-inexact)", "--allow-inexact")) from e
+
+
+def _tiles(count: int, shape, halo: int) -> str:
+    return f"{count} tile{'s' if count > 1 else ''} of {shape[0]}x{shape[1]} (halo {halo})"
+
+
+def _psnr(x, reference) -> float:
+    import math
+
+    mse = float(((x - reference) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def _demo(args) -> int:
+    import torch
+
+    from . import imageio
+    from .tiling import tiled
+
+    if args.output:
+        imageio.format_of(args.output, reading=False)
+        imageio.check_target(args.output, args.overwrite)
+    model, description = _build_model(args)
+    sample = imageio.sample_path()
+    pixels = imageio.read_image(sample)
+    clean = torch.from_numpy(imageio.to_float(pixels)).permute(2, 0, 1)[None]
+    clean = clean.expand(1, model.channels, *clean.shape[2:]).contiguous()
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    noisy = clean + args.sigma / 255 * noise
+    halo, tiles = _check_fit(args, model, clean.shape[2], clean.shape[3])
+    # One small call first: the first call prepares (packs) the weights; time the steady state.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tiled(model, noisy[..., :32, :32], tile=args.tile, halo=halo, allow_inexact=True, quiet=True)
+    start = time.perf_counter()
+    restored = tiled(model, noisy, tile=args.tile, halo=halo, batch=args.batch,
+                     allow_inexact=args.allow_inexact, quiet=args.quiet)
+    seconds = time.perf_counter() - start
+    megapixels = clean.shape[2] * clean.shape[3] / 1e6
+    shape = (tiles[0].window[0].stop - tiles[0].window[0].start, tiles[0].window[1].stop - tiles[0].window[1].start)
+    print(f"redkern demo: {description}")
+    print(f"  input: {sample.name}, bundled, {clean.shape[2]}x{clean.shape[3]}, with Gaussian noise "
+          f"(sigma {args.sigma:g} of 255)")
+    print(f"  ran {_tiles(len(tiles), shape, halo)}: {megapixels:.3g} MP in {seconds:.3f} s, "
+          f"{megapixels / seconds:.3g} MP/s")
+    restored = restored.float().clamp(0, 1)
+    note = " (random weights: this shows speed, not quality; pass --weights)" if not args.weights else ""
+    print(f"  PSNR against the clean sample: noisy {_psnr(noisy.clamp(0, 1), clean):.2f} dB, "
+          f"restored {_psnr(restored, clean):.2f} dB{note}")
+    if args.output:
+        values = restored[0].permute(1, 2, 0).numpy()
+        imageio.write_image(args.output, imageio.from_float(values, "uint8"), overwrite=args.overwrite)
+        print(f"  wrote {args.output}")
+    return 0
+
+
+def _info(args) -> int:
+    import numpy
+    import torch
+
+    import redkern
+
+    print(f"redkern {redkern.__version__} (python {platform.python_version()}, torch {torch.__version__}, "
+          f"numpy {numpy.__version__})")
+    print("backends:")
+    for name, status in redkern.backends().items():
+        print(f"  {name:7} {'available' if status['available'] else 'unavailable':11} {status['detail']}")
+    try:
+        from . import _C
+
+        isa = _C.selected_isa()
+    except (ImportError, AttributeError) as e:
+        isa = f"unknown ({e})"
+    print(f"cpu: {platform.machine()}, {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} "
+          f"threads, torch capability {torch.backends.cpu.get_cpu_capability()}, redkern._C ISA {isa}")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            print(f"cuda:{i}: {p.name}, {p.total_memory / 2**30:.1f} GiB, compute capability {p.major}.{p.minor}")
+    else:
+        why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA device visible"
+        print(f"cuda: none ({why})")
+    print(f"image formats: {_formats()}")
+    return 0
+
+
+def _formats() -> str:
+    from importlib import metadata
+
+    def version(name):
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    zarr = version("zarr")
+    return (f".png .jpg .jpeg (Pillow {version('pillow')}), .tif .tiff .btf .tf8 (tifffile "
+            f"{version('tifffile')}), .npy, " + (f".zarr (zarr {zarr})" if zarr else
+                                                 ".zarr unavailable (pip install 'redkern[zarr]')"))

@@ -1,0 +1,419 @@
+"""Exact tiled inference: any RED model over an image of any size, one tile at a time.
+
+A RED output pixel depends on the input within ``model.receptive_field_radius`` pixels (one
+per 3x3 layer). So each tile's *window* is fed to the model with a *halo* of at least that
+radius around the *core* it keeps; the core is cropped out (never blended) and the cores
+tile the image exactly. At the true image border the window is clamped to the image, not
+padded, so the model sees the same zero padding as on the whole image; edge windows are
+shifted inward so every window has the same shape (the whole image, along an axis shorter
+than the tile). The result equals whole-image inference to float rounding.
+
+Three entry points, from the top down:
+
+- ``restore_file(model, "in.tif", "out.tif")``: files of any size, read and written tile by
+  tile (see ``redkern.imageio``), output published atomically;
+- ``tiled(model, image)``: an ``[N, C, H, W]`` tensor in memory;
+- ``run_tiled(model, source, sink)``: the engine, for any source and sink of tiles.
+
+The engine reads the next tiles and writes finished ones in background threads while the
+model computes, batches ``batch`` tiles per model call, and on CUDA moves them through
+pinned host memory on a copy stream of their own.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+log = logging.getLogger("redkern")
+
+__all__ = ["Tile", "TiledRun", "InexactTilingWarning", "plan_tiles", "resolve_halo", "tiled",
+           "run_tiled", "restore_file"]
+
+
+class InexactTilingWarning(UserWarning):
+    """A halo smaller than the receptive field: tiled results differ from whole-image ones."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tile:
+    """One model call's worth of image, in image coordinates ``(rows, cols)``.
+
+    ``window``: the region fed to the model; ``core``: the part of its output that is kept.
+    ``crop``: the core in window coordinates.
+    """
+
+    window: tuple[slice, slice]
+    core: tuple[slice, slice]
+
+    @property
+    def crop(self) -> tuple[slice, slice]:
+        return tuple(slice(c.start - w.start, c.stop - w.start) for c, w in zip(self.core, self.window))
+
+    @property
+    def core_pixels(self) -> int:
+        rows, cols = self.core
+        return (rows.stop - rows.start) * (cols.stop - cols.start)
+
+
+def _axis_spans(length: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """``(window_start, window_stop, core_start, core_stop)`` along one axis.
+
+    Windows start every ``tile - 2 * halo`` pixels; the last is shifted inward to end at the
+    border. Each core runs from where the previous one stopped to ``halo`` short of its window's
+    end (to the border for the last), so every interior core edge has ``halo`` pixels of context.
+    """
+    if length <= tile:
+        return [(0, length, 0, length)]
+    step = tile - 2 * halo
+    if step < 1:
+        raise ValueError(f"a tile of {tile} pixels leaves no core inside a halo of {halo} on each "
+                         f"side; use tile > 2 * halo = {2 * halo}")
+    starts = list(range(0, length - tile, step)) + [length - tile]
+    spans, core_start = [], 0
+    for i, start in enumerate(starts):
+        core_stop = length if i == len(starts) - 1 else start + tile - halo
+        spans.append((start, start + tile, core_start, core_stop))
+        core_start = core_stop
+    return spans
+
+
+def plan_tiles(height: int, width: int, tile, halo: int) -> list[Tile]:
+    """The tiles covering a ``height x width`` image, row by row.
+
+    ``tile``: the window size fed to the model, an int or ``(rows, cols)``; it is clamped to
+    the image. ``halo``: context kept around every interior core edge.
+    """
+    th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
+    if min(height, width) < 1 or min(th, tw) < 1 or halo < 0:
+        raise ValueError(f"need height, width, tile >= 1 and halo >= 0, got image {height}x{width}, "
+                         f"tile {tile}, halo {halo}")
+    return [Tile((slice(wy0, wy1), slice(wx0, wx1)), (slice(cy0, cy1), slice(cx0, cx1)))
+            for wy0, wy1, cy0, cy1 in _axis_spans(height, th, halo)
+            for wx0, wx1, cx0, cx1 in _axis_spans(width, tw, halo)]
+
+
+def resolve_halo(model, halo: int | None, allow_inexact: bool = False) -> int:
+    """The halo to use: the model's receptive field radius by default; a smaller one only with
+    ``allow_inexact`` (and an ``InexactTilingWarning``)."""
+    radius = getattr(model, "receptive_field_radius", None)
+    if halo is None:
+        if radius is None:
+            raise ValueError(f"{type(model).__name__} has no receptive_field_radius; pass halo= "
+                             "(pixels each output depends on in every direction)")
+        return int(radius)
+    if halo < 0:
+        raise ValueError(f"halo must be >= 0, got {halo}")
+    if radius is not None and halo < radius:
+        message = (f"halo {halo} is smaller than the model's receptive field radius {radius}: "
+                   "tiles will differ from whole-image inference near their edges")
+        if not allow_inexact:
+            raise ValueError(message + "; pass allow_inexact=True (--allow-inexact) to accept that")
+        warnings.warn(message, InexactTilingWarning, stacklevel=_outside_redkern())
+    return int(halo)
+
+
+def _outside_redkern() -> int:
+    """The ``stacklevel`` that points a warning at the first caller outside this package."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith("redkern."):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+@dataclasses.dataclass(frozen=True)
+class TiledRun:
+    """What a tiled run did: image size, tiles, and how fast."""
+
+    height: int
+    width: int
+    images: int
+    tiles: int
+    tile_shape: tuple[int, int]
+    halo: int
+    batch: int
+    device: str
+    seconds: float
+
+    @property
+    def megapixels(self) -> float:
+        return self.height * self.width * self.images / 1e6
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.megapixels / self.seconds if self.seconds > 0 else float("inf")
+
+
+# --- moving tiles to the model and back ---------------------------------------------------
+
+def _model_device_dtype(model) -> tuple[torch.device, torch.dtype | None]:
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), None  # no weights: leave tiles where and as they are
+
+
+class _Transfers:
+    """Tiles to the model's device and dtype, and results back to where the tiles came from.
+
+    Host tiles for a CUDA model travel through pinned memory, uploads and downloads each on a
+    stream of their own, so the next batch's upload and the last one's download overlap the
+    model's kernels; ``to_source`` then returns an event the consumer waits on before reading.
+    """
+
+    def __init__(self, device: torch.device, dtype: torch.dtype | None):
+        self.device, self.dtype = device, dtype
+        cuda = device.type == "cuda"
+        self.upload = torch.cuda.Stream(device) if cuda else None
+        self.download = torch.cuda.Stream(device) if cuda else None
+
+    def pin(self, x: torch.Tensor) -> torch.Tensor:
+        return x.pin_memory() if self.upload is not None and x.device.type == "cpu" else x
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upload is None or x.device.type != "cpu":
+            return x.to(self.device, self.dtype or x.dtype)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.upload):
+            on_device = x.to(self.device, non_blocking=True)  # x is pinned: a true async copy
+        compute.wait_stream(self.upload)
+        on_device.record_stream(compute)  # allocated on the upload stream, used on compute
+        return on_device.to(self.dtype or x.dtype)
+
+    def to_source(self, y: torch.Tensor, like: torch.Tensor):
+        """``(y on like's device and dtype, an event to wait on before reading it, or None)``."""
+        if self.download is None:
+            return y.to(like.device, like.dtype), None
+        if like.device.type != "cpu":  # stays on a GPU: the writer thread waits for it
+            y = y.to(like.device, like.dtype)
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(y.device))
+            return y, done
+        y = y.to(like.dtype)
+        self.download.wait_stream(torch.cuda.current_stream(self.device))  # y is computed
+        with torch.cuda.stream(self.download):
+            host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+            host.copy_(y, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self.download)
+        y.record_stream(self.download)  # allocated on compute, read on the download stream
+        return host, done
+
+
+# --- the engine ---------------------------------------------------------------------------
+
+def _on_host(*tensors) -> bool:
+    """True when numpy can do the work: CPU tensors of a dtype it has."""
+    return all(t.device.type == "cpu" and t.dtype != torch.bfloat16 for t in tensors)
+
+
+# The worker threads copy through numpy where they can: a torch op there would start an
+# OpenMP team of its own, whose spinning threads compete with the model's on a small machine.
+
+def _read_batch(source, group, transfers):
+    items = [source.read(tile) for tile in group]
+    xs = [x for x, _ in items]
+    if len(xs) == 1:
+        x = xs[0]
+    elif _on_host(*xs):
+        x = torch.from_numpy(np.concatenate([t.numpy() for t in xs]))
+    else:
+        x = torch.cat(xs)
+    return transfers.pin(x), [context for _, context in items]
+
+
+def _write_batch(sink, group, y, done, contexts):
+    if done is not None:
+        done.synchronize()
+    n = y.shape[0] // len(group)
+    for k, (tile, context) in enumerate(zip(group, contexts)):
+        rows, cols = tile.crop
+        sink.write(tile, y[k * n:(k + 1) * n, :, rows, cols], context)
+    if y.is_cuda:  # this thread's copies out of y finish before y's memory can be reused
+        torch.cuda.current_stream(y.device).synchronize()
+
+
+class _Progress:
+    """A tqdm bar of tiles with megapixels/s and ETA; silent when quiet or stderr is no TTY."""
+
+    def __init__(self, tiles: int, quiet: bool, desc: str):
+        from tqdm import tqdm
+
+        tty = sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        self.bar = tqdm(total=tiles, unit="tile", desc=desc, disable=quiet or not tty,
+                        file=sys.stderr, dynamic_ncols=True)
+        self.start, self.pixels = time.perf_counter(), 0
+
+    def done(self, group, images: int):
+        self.pixels += sum(t.core_pixels for t in group) * images
+        rate = self.pixels / 1e6 / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{rate:.2f} MP/s", refresh=False)
+        self.bar.update(len(group))
+
+    def close(self):
+        self.bar.close()
+
+
+def run_tiled(model, source, sink, *, tile=512, halo: int | None = None, batch: int = 1,
+              allow_inexact: bool = False, quiet: bool = False, prefetch: int = 2,
+              desc: str = "redkern") -> TiledRun:
+    """Run ``model`` over ``source`` tile by tile, handing each kept core to ``sink``.
+
+    ``source`` has ``height``, ``width`` and ``read(tile) -> (x, context)`` with ``x`` a float
+    tensor ``[N, C, h, w]`` of ``tile.window`` (any device); ``sink`` has
+    ``write(tile, y, context)``, called with ``y`` the model's output on ``tile.core``, on
+    ``x``'s device and dtype, and the context ``read`` returned. Reads run ``prefetch``
+    batches ahead in one thread and writes trail in another, in tile order; tiles move to the
+    model's device and dtype. ``tile``: the window size (int or ``(rows, cols)``);
+    ``halo``: see ``resolve_halo``; ``batch``: tiles per model call.
+    Any error or interrupt stops the run after the read and write in flight, then goes on.
+    """
+    if batch < 1 or prefetch < 1:
+        raise ValueError(f"batch and prefetch must be >= 1, got {batch} and {prefetch}")
+    halo = resolve_halo(model, halo, allow_inexact)
+    tiles = plan_tiles(source.height, source.width, tile, halo)
+    groups = [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
+    device, dtype = _model_device_dtype(model)
+    transfers = _Transfers(device, dtype)
+    progress = _Progress(len(tiles), quiet, desc)
+    readers = ThreadPoolExecutor(1, thread_name_prefix="redkern-read")
+    writers = ThreadPoolExecutor(1, thread_name_prefix="redkern-write")
+    reads, writes = collections.deque(), collections.deque()
+    images = 0
+    try:
+        for g in groups[:prefetch]:
+            reads.append(readers.submit(_read_batch, source, g, transfers))
+        for i, group in enumerate(groups):
+            x, contexts = reads.popleft().result()
+            if i + prefetch < len(groups):
+                reads.append(readers.submit(_read_batch, source, groups[i + prefetch], transfers))
+            images = x.shape[0] // len(group)
+            with torch.no_grad():
+                y = model(transfers.to_model(x))
+            if y.dim() != 4 or y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:]:
+                raise ValueError(f"the model turned a tile batch of shape {tuple(x.shape)} into "
+                                 f"{tuple(y.shape)}; tiling needs outputs of the input's size")
+            y, done = transfers.to_source(y, x)
+            writes.append((group, writers.submit(_write_batch, sink, group, y, done, contexts)))
+            while len(writes) > prefetch:
+                g, w = writes.popleft()
+                w.result()
+                progress.done(g, images)
+        while writes:
+            g, w = writes.popleft()
+            w.result()
+            progress.done(g, images)
+    finally:  # on error: drop what is queued, let the read and write in flight finish
+        readers.shutdown(wait=True, cancel_futures=True)
+        writers.shutdown(wait=True, cancel_futures=True)
+        progress.close()
+    th, tw = tiles[0].window[0].stop - tiles[0].window[0].start, tiles[0].window[1].stop - tiles[0].window[1].start
+    return TiledRun(source.height, source.width, images, len(tiles), (th, tw), halo, batch,
+                    str(device), time.perf_counter() - progress.start)
+
+
+# --- tensors in memory --------------------------------------------------------------------
+
+class _TensorTiles:
+    """Source and sink over an ``[N, C, H, W]`` tensor; the output is made on first write."""
+
+    def __init__(self, image: torch.Tensor):
+        self.image, self.out = image, None
+        self.height, self.width = image.shape[2:]
+
+    def read(self, tile):
+        return self.image[:, :, tile.window[0], tile.window[1]], None
+
+    def write(self, tile, y, context):
+        if self.out is None:
+            self.out = torch.empty((self.image.shape[0], y.shape[1], self.height, self.width),
+                                   dtype=self.image.dtype, device=self.image.device)
+        rows, cols = tile.core
+        if _on_host(self.out, y):
+            self.out.numpy()[:, :, rows, cols] = y.numpy()
+        else:
+            self.out[:, :, rows, cols] = y
+
+
+def tiled(model, image: torch.Tensor, *, tile=512, halo: int | None = None, batch: int = 1,
+          allow_inexact: bool = False, quiet: bool = False) -> torch.Tensor:
+    """``model(image)`` computed tile by tile; equal to it to float rounding.
+
+    ``image``: floating ``[N, C, H, W]`` (or ``[C, H, W]``), any size and device; tiles move
+    to the model's device and dtype and results come back to ``image``'s. ``tile``: window
+    size fed to the model (int or ``(rows, cols)``, clamped to the image); ``halo``: context
+    around each kept core, ``model.receptive_field_radius`` by default (smaller only with
+    ``allow_inexact=True``, with a warning); ``batch``: tiles per model call; ``quiet``: no
+    progress bar (there is none anyway when stderr is not a terminal).
+    """
+    if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or not image.is_floating_point():
+        raise TypeError("tiled: expected a floating tensor [N, C, H, W] or [C, H, W], got "
+                        + (f"{image.dtype} of shape {tuple(image.shape)}" if isinstance(image, torch.Tensor)
+                           else type(image).__name__))
+    if image.dim() == 3:
+        return tiled(model, image[None], tile=tile, halo=halo, batch=batch,
+                     allow_inexact=allow_inexact, quiet=quiet)[0]
+    if image.numel() == 0:
+        raise ValueError(f"tiled: empty image of shape {tuple(image.shape)}")
+    tiles = _TensorTiles(image)
+    run_tiled(model, tiles, tiles, tile=tile, halo=halo, batch=batch, allow_inexact=allow_inexact,
+              quiet=quiet)
+    return tiles.out
+
+
+# --- files --------------------------------------------------------------------------------
+
+class _FileTiles:
+    """Source and sink over image files: pixels -> model channels (``ChannelPlan``) -> pixels."""
+
+    def __init__(self, reader, writer, plan):
+        self.reader, self.writer, self.plan = reader, writer, plan
+        self.height, self.width = reader.height, reader.width
+
+    def read(self, tile):
+        pixels = self.reader.read(*tile.window)
+        return torch.from_numpy(self.plan.model_input(pixels))[None], pixels
+
+    def write(self, tile, y, pixels):
+        rows, cols = tile.crop
+        self.writer.write(*tile.core, self.plan.image_output(y[0].numpy(), pixels[rows, cols]))
+
+
+def restore_file(model, source, target, *, tile=512, halo: int | None = None, batch: int = 1,
+                 allow_inexact: bool = False, overwrite: bool = False, out_dtype=None,
+                 quiet: bool = False) -> TiledRun:
+    """Run ``model`` over the image file ``source``, writing ``target``, tile by tile.
+
+    ``source``: a path, or an ``imageio.ImageReader`` (left open). Memory stays within a few
+    tiles for ``.npy``, TIFF and ``.zarr`` (PNG and JPEG are decoded and encoded whole).
+    ``target`` appears only when complete; on an error or interrupt it is left as it was and
+    no temporary remains. ``out_dtype``: the target's pixel type, the source's by default.
+    Colour images with a 1-channel model have their luminance restored and chroma kept;
+    alpha passes through (``imageio.ChannelPlan``). Other arguments as for ``tiled``.
+    Raises ``imageio.ImageError`` subclasses for unreadable or unwritable files.
+    """
+    from . import imageio
+
+    opened = (contextlib.nullcontext(source) if isinstance(source, imageio.ImageReader)
+              else imageio.open_image(source))
+    with opened as reader:
+        model_channels = getattr(model, "channels", reader.channels - int(reader.alpha))
+        out_dtype = reader.dtype if out_dtype is None else out_dtype
+        plan = imageio.ChannelPlan(reader.channels, reader.alpha, model_channels, out_dtype)
+        log.info("%s: %dx%d, %d channel(s), %s; restoring %s", reader.path, reader.height, reader.width,
+                 reader.channels, reader.dtype, plan.describe())
+        with imageio.create_image(target, reader.height, reader.width, reader.channels, plan.out_dtype,
+                                  alpha=reader.alpha, overwrite=overwrite,
+                                  bigtiff=reader.bigtiff or None) as writer:
+            tiles = _FileTiles(reader, writer, plan)
+            return run_tiled(model, tiles, tiles, tile=tile, halo=halo, batch=batch,
+                             allow_inexact=allow_inexact, quiet=quiet)

@@ -1,0 +1,199 @@
+"""The ``redkern`` command line, end to end on real files."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import redkern
+from redkern import cli, imageio
+from redkern.tiling import restore_file
+
+
+def run(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "redkern", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(torch.initial_seed())
+
+
+@pytest.fixture
+def photo(tmp_path, rng):
+    """An RGB PNG of odd size: smooth gradients plus noise."""
+    h, w = 67, 91
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([xx, yy, 1 - xx * yy], -1) * 0.8 + rng.normal(0, 0.05, (h, w, 3))
+    path = tmp_path / "photo.png"
+    imageio.write_image(path, imageio.from_float(base.astype(np.float32), np.uint8))
+    return path
+
+
+@pytest.fixture
+def weights(tmp_path):
+    model = redkern.RED10(features=8)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    path = tmp_path / "red10.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_restore_end_to_end(tmp_path, photo, weights):
+    out = tmp_path / "out.png"
+    done = run("restore", photo, out, "--weights", weights, "--tile", 40, "--batch", 3, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert f"wrote {out}: 67x91" in done.stdout and "MP/s" in done.stdout
+    assert "RANDOM" not in done.stderr
+    # The same model in this process: the command ran what it said, and kept the image's type.
+    model = redkern.RED10(features=8, fused=True).eval()
+    model.load_state_dict(torch.load(weights))
+    restore_file(model, photo, tmp_path / "here.png", tile=40, quiet=True)
+    got, want = imageio.read_image(out), imageio.read_image(tmp_path / "here.png")
+    assert got.dtype == np.uint8 and got.shape == (67, 91, 3)
+    assert np.abs(got.astype(int) - want).max() <= 1  # thread counts may differ: float rounding
+    assert not np.array_equal(got, imageio.read_image(photo))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here.png", "out.png", "photo.png", "red10.pt"]
+
+
+def test_restore_says_when_weights_are_random(tmp_path, rng):
+    src = tmp_path / "in.npy"
+    np.save(src, rng.random((30, 41), dtype=np.float32))
+    done = run("restore", src, tmp_path / "out.tif", "--model", "red10", "--features", 4, "--backend", "reference")
+    assert done.returncode == 0, done.stderr
+    assert "RANDOM weights" in done.stderr
+    assert "restoring 1 channel" in done.stderr and "reference PyTorch" in done.stderr
+    out = imageio.read_image(tmp_path / "out.tif")
+    assert out.dtype == np.float32 and out.shape == (30, 41, 1) and np.isfinite(out).all()
+
+
+def test_info_through_the_console_script():
+    script = Path(sys.executable).with_name("redkern")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "redkern"]
+    done = subprocess.run([*command, "info"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"redkern {redkern.__version__}")
+    for name in redkern.backends():
+        assert f"  {name} " in done.stdout
+    assert f"torch capability {torch.backends.cpu.get_cpu_capability()}" in done.stdout
+    assert "cuda" in done.stdout and ".zarr" in done.stdout
+
+
+def test_demo_reports_what_ran_and_how_fast(tmp_path):
+    out = tmp_path / "demo.png"
+    done = run("demo", "--model", "red10", "--features", 8, "--tile", 100, "--output", out)
+    assert done.returncode == 0, done.stderr
+    assert "RED10 (1 channel, 8 features, fused" in done.stdout and "camera.png" in done.stdout
+    assert "9 tiles of 100x100 (halo 10)" in done.stdout
+    assert " MP/s" in done.stdout and "PSNR" in done.stdout and "random weights" in done.stdout
+    assert imageio.read_image(out).shape == (256, 256, 1)
+
+
+# --- errors: a clear line and a distinct exit code, in process for speed ------------------
+
+def main(capsys, *args):
+    code = cli.main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def test_input_errors_exit_3(tmp_path, capsys, photo):
+    code, err = main(capsys, "restore", tmp_path / "missing.png", tmp_path / "o.png")
+    assert code == 3 and "missing.png: no such file" in err
+    (tmp_path / "a.webp").write_bytes(b"RIFF")
+    code, err = main(capsys, "restore", tmp_path / "a.webp", tmp_path / "o.png")
+    assert code == 3 and "unsupported image format '.webp'" in err
+    (tmp_path / "bad.tif").write_bytes(b"this is no tiff")
+    code, err = main(capsys, "restore", tmp_path / "bad.tif", tmp_path / "o.tif")
+    assert code == 3 and "bad.tif: cannot read it as tiff" in err
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "o.tif").exists()
+
+
+def test_output_errors_exit_4(tmp_path, capsys, photo):
+    model = ["--model", "red10", "--features", "4", "--quiet"]
+    (tmp_path / "o.png").write_bytes(b"keep me")
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", *model)
+    assert code == 4 and "exists" in err and "--overwrite" in err
+    assert (tmp_path / "o.png").read_bytes() == b"keep me"
+    code, err = main(capsys, "restore", photo, tmp_path / "nodir" / "o.png", *model)
+    assert code == 4 and "does not exist" in err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png" / "x.png", *model)
+    assert code == 4 and "not a directory" in err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.gif", *model)
+    assert code == 4 and "redkern writes" in err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.jpg", "--out-dtype", "uint16", *model)
+    assert code == 4 and "JPEG" in err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--overwrite", *model)
+    assert code == 0, err
+    assert imageio.read_image(tmp_path / "o.png").shape == (67, 91, 3)
+
+
+def test_argument_errors_exit_2(tmp_path, capsys, photo, weights):
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--weights", tmp_path / "none.pt")
+    assert code == 2 and "none.pt: no such file" in err
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--weights", tmp_path / "junk.pt")
+    assert code == 2 and "cannot load it as a state_dict" in err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--weights", weights, "--model", "red20")
+    assert code == 2 and "has depth 10, but 20 was asked for" in err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--features", "4", "--device", "cuda")
+    assert code == 2 and "CUDA" in err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "red10", "--features", "4",
+                     "--tile", "15")
+    assert code == 2 and "tile > 2 * halo = 20" in err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "red10", "--features", "4",
+                     "--halo", "9")
+    assert code == 2 and "smaller than the model's receptive field radius 10" in err and "--allow-inexact" in err
+    with pytest.raises(SystemExit) as e:
+        cli.main(["restore", str(photo), str(tmp_path / "o.png"), "--tile", "0"])
+    assert e.value.code == 2
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_three_channel_model_on_a_grayscale_image_is_refused(tmp_path, capsys):
+    imageio.write_image(tmp_path / "g.png", np.zeros((9, 9), np.uint8))
+    code, err = main(capsys, "restore", tmp_path / "g.png", tmp_path / "o.png", "--channels", "3",
+                     "--model", "red10", "--features", "4")
+    assert code == 2 and "3-channel model cannot restore an image with 1 colour channel" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+# --- interrupts -----------------------------------------------------------------------------
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("sig,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_mid_run_leaves_no_output_and_no_temporary(tmp_path, rng, sig, code, word):
+    src, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(src, rng.random((600, 600), dtype=np.float32))
+    child = subprocess.Popen([sys.executable, "-m", "redkern", "restore", str(src), str(out), "--model", "red30",
+                              "--features", "32", "--backend", "reference", "--tile", "128"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(p.name.endswith(".part") for p in tmp_path.iterdir()):  # the run has started
+        assert child.poll() is None and time.monotonic() < deadline, child.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    child.send_signal(sig)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == code, err
+    assert f"{word}: no output was written" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+
+
+def test_python_dash_m_and_the_console_script_agree():
+    script = shutil.which("redkern", path=str(Path(sys.executable).parent))
+    if script is None:
+        pytest.skip("the console script is not installed next to this interpreter")
+    a = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
+    b = run("--help")
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout and "restore" in a.stdout
+    assert os.access(script, os.X_OK)
