@@ -1,0 +1,157 @@
+"""Weights that ship with redkern: one RED30 per task, ready to restore.
+
+    import redkern
+    model = redkern.pretrained("denoise")              # reference model, eval mode, CPU, float32
+    fast = redkern.pretrained("denoise", fused=True)   # same weights in the fused model
+    redkern.pretrained.info("sr")                      # config, training run, validation numbers
+
+    redkern restore --task denoise --sigma 25 noisy.png clean.png
+
+=========  =====================================  ======================================
+task       trained on                             input the model expects
+=========  =====================================  ======================================
+denoise    Gaussian noise, sigma 0..50 (blind)    the noisy image (no sigma needed)
+sr         bicubic x2, x3, x4 (one model)         the image already bicubic-enlarged to
+                                                  the target size (``upscale_input``)
+jpeg       Pillow JPEG, quality 10..40 (blind)    the decoded JPEG
+=========  =====================================  ======================================
+
+All three are 1-channel (grayscale, or the Y of YCbCr: ``redkern restore`` restores the
+luminance of colour images and keeps their chroma, as the paper did). The weights are
+stored in float16 (``redkern/weights/red30_TASK.pt``) with their configuration, and load
+into a float32 model; each has a model card beside it (``red30_TASK.md``) with the data,
+the training run, the command that reproduces it and the validation numbers.
+
+The module itself is callable: ``redkern.pretrained(task, ...)`` is ``load(task, ...)``.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+import warnings
+from pathlib import Path
+
+import torch
+
+__all__ = ["load", "info", "available", "path", "check_level", "upscale_input", "export",
+           "WEIGHTS_FORMAT", "WEIGHTS_DIR"]
+
+WEIGHTS_FORMAT = "redkern-weights-v1"
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+FILES = {"denoise": "red30_denoise.pt", "sr": "red30_sr.pt", "jpeg": "red30_jpeg.pt"}
+
+
+def available() -> list[str]:
+    """Tasks whose weights are installed."""
+    return [task for task, name in FILES.items() if (WEIGHTS_DIR / name).exists()]
+
+
+def path(task: str) -> Path:
+    """The shipped weights file for ``task``."""
+    if task not in FILES:
+        raise ValueError(f"no pretrained weights for task {task!r}; choose one of {tuple(FILES)}")
+    p = WEIGHTS_DIR / FILES[task]
+    if not p.exists():
+        raise FileNotFoundError(f"the {task} weights {p} are not installed with this copy of redkern")
+    return p
+
+
+def _read(source) -> dict:
+    """A weights file's dict: shipped (``WEIGHTS_FORMAT``) or a training checkpoint, made alike."""
+    from .training import CHECKPOINT_FORMAT, load_checkpoint
+
+    p = path(source) if str(source) in FILES else Path(source)
+    if not p.exists():
+        raise FileNotFoundError(f"no weights file {p}")
+    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+        data = torch.load(p, map_location="cpu", weights_only=True)
+    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
+        data = load_checkpoint(p)
+        cfg = data["config"]
+        return {"format": WEIGHTS_FORMAT, "task": cfg["task"], "levels": cfg["levels"], "depth": cfg["depth"],
+                "features": cfg["features"], "channels": cfg["channels"], "state_dict": data["model"],
+                "training": _training_summary(data), "source": str(p)}
+    if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
+        raise ValueError(f"{p} is neither redkern weights ({WEIGHTS_FORMAT}) nor a training checkpoint")
+    return {**data, "source": str(p)}
+
+
+def info(task_or_file) -> dict:
+    """Everything stored with the weights except the tensors: task, levels, architecture,
+    the training run (steps, time, device, config) and the validation numbers."""
+    data = _read(task_or_file)
+    return {k: v for k, v in data.items() if k != "state_dict"}
+
+
+def load(task_or_file, *, fused: bool = False, backend: str = "auto", device="cpu",
+         dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The model for a task (``"denoise"``, ``"sr"``, ``"jpeg"``) or a weights/checkpoint file,
+    in eval mode without gradients, on ``device`` in ``dtype``.
+
+    ``fused=True`` gives ``FusedREDNet`` (``backend`` as there), else the reference ``REDNet``;
+    both hold the same parameters. The model carries ``task``, ``levels`` and ``info``.
+    """
+    from .fused import FusedREDNet
+    from .models import REDNet
+
+    data = _read(task_or_file)
+    args = (data["depth"], data["channels"], data["features"])
+    model = FusedREDNet(*args, backend=backend) if fused else REDNet(*args)
+    model.load_state_dict({k: v.float() for k, v in data["state_dict"].items()})
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    model.task, model.levels = data["task"], data["levels"]
+    model.info = {k: v for k, v in data.items() if k != "state_dict"}
+    return model
+
+
+def check_level(model_or_task, level) -> None:
+    """Warn when ``level`` (sigma, scale or quality) lies outside what the model was trained on."""
+    from .degradations import Degradation
+
+    if isinstance(model_or_task, str):
+        task, levels = model_or_task, info(model_or_task)["levels"]
+    else:
+        task, levels = model_or_task.task, model_or_task.levels
+    d = Degradation(task, levels)
+    lo, hi = (d.levels[0], d.levels[-1])
+    if not lo <= float(level) <= hi or (task == "sr" and int(level) not in d.levels):
+        warnings.warn(f"the {task} model was trained on {d.describe()}; {d.level_name} {level:g} "
+                      "is outside that, expect weaker results", stacklevel=2)
+
+
+def upscale_input(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """The SR model's input: ``[N, C, H, W]`` bicubic-enlarged by ``scale`` (as in training)."""
+    from .degradations import bicubic_resize, quantize
+
+    return quantize(bicubic_resize(x.float(), (x.shape[-2] * scale, x.shape[-1] * scale))).to(x.dtype)
+
+
+def _training_summary(ckpt: dict) -> dict:
+    vals = [h for h in ckpt["history"] if "val_psnr" in h]
+    return {"steps": ckpt["step"], "elapsed_s": round(float(ckpt["elapsed_s"]), 1), "device": ckpt["device"],
+            "torch": str(ckpt.get("torch", "")), "model_kind": ckpt["model_kind"], "config": ckpt["config"],
+            "final_val_psnr": round(vals[-1]["val_psnr"], 3) if vals else None,
+            "final_val_input_psnr": round(vals[-1]["input_psnr"], 3) if vals else None}
+
+
+def export(checkpoint, out, *, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> dict:
+    """Write a training checkpoint's model as shipped weights: ``dtype`` tensors plus the
+    config and the training summary (``extra`` is merged in, e.g. evaluation results)."""
+    data = _read(checkpoint)
+    data.pop("source")
+    data["state_dict"] = {k: v.to(dtype).contiguous() for k, v in data["state_dict"].items()}
+    data.update(extra or {})
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(data, out)
+    return data
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``redkern.pretrained("denoise")`` stand for ``redkern.pretrained.load("denoise")``."""
+
+    def __call__(self, task_or_file, **kwargs) -> torch.nn.Module:
+        return load(task_or_file, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
