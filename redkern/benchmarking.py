@@ -88,27 +88,8 @@ def as_conv_only(model: REDNet) -> nn.Module:
             c.bias.copy_(d.bias)
         setattr(conv_model, f"deconv_{j}", c)
 
-    class ConvOnly(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            m = self.m
-            saved = {}
-            h = x
-            sources = set(m.skips.values())
-            for i in range(1, m.n + 1):
-                h = torch.relu(m.encoder(i)(h))
-                if i in sources:
-                    saved[i] = h
-            for j in range(1, m.n):
-                h = torch.relu(m.decoder(j)(h))
-                if j in m.skips:
-                    h = torch.relu(h + saved[m.skips[j]])
-            return m.decoder(m.n)(h) + x
-
-    return ConvOnly(conv_model).eval()
+    # REDNet.forward only calls its layers, so the Conv2d stand-ins slot straight in.
+    return conv_model
 
 
 @dataclass

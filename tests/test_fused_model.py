@@ -4,14 +4,7 @@ import pytest
 import torch
 
 import redkern
-
-
-def kaiming_(model):
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            torch.nn.init.uniform_(m.bias, -0.05, 0.05)
-    return model
+from redkern.benchmarking import kaiming_init_ as kaiming_
 
 
 def pair(ctor, channels, features, **kw):

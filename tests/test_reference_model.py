@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import redkern
+from redkern.benchmarking import kaiming_init_ as kaiming  # He-normal: the signal survives 30 layers
 
 # The released RED30 skip pairs (decoder layer <- encoder layer), written out by hand.
 RED30_SKIPS = {1: 14, 3: 12, 5: 10, 7: 8, 9: 6, 11: 4, 13: 2}
@@ -29,15 +30,6 @@ def independent_forward(model, x, skips):
         if j in skips:
             h = F.relu(h + enc[skips[j] - 1])
     return h + x.double()
-
-
-def kaiming(model):
-    """He-normal weights, so the signal survives 30 layers (PyTorch's default init fades)."""
-    for m in model.modules():
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            torch.nn.init.uniform_(m.bias, -0.01, 0.01)
-    return model
 
 
 def rel_err(a, b):
