@@ -26,17 +26,21 @@ enum class DType : int {
 
 // How the convolution is computed; each algorithm has its own packed-weight layout.
 enum class Algorithm : int {
-  kDirect = 0,       // register-blocked direct conv; weights [tap 9][cin][cout_pad] fp32
+  kDirect = 0,  // register-blocked direct conv; weights [cout_pad/16][tap 9][cin][16] fp32
   kWinograd4x4 = 1,  // Winograd F(4x4,3x3); weights G g G^T as [36][cin][cout_pad] fp32
-  kDirectBf16Dot = 2,  // direct conv with vdpbf16ps (avx512_bf16 CPUs, bf16 activations
-                       // only); weights as bf16 pairs [9][cin_pairs][cout_pad][2]
+  kDirectBf16Dot = 2,  // direct conv with vdpbf16ps (avx512 kernels on CPUs with
+                       // AVX512_BF16; bf16 activations only); weights as bf16 pairs
+                       // [9][cin_pairs][cout_pad][2]
+  kDirectFewCout = 3,  // direct conv vectorised over input channels, for cout <= 3;
+                       // weights [cout][9][cin_pad] fp32 (cin padded to 16)
 };
 
 // Instruction-set levels, each a superset of the one before.
-enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
 
-// Output channels are padded to this multiple in every packed layout, so the layout does not
-// depend on the ISA's vector width (16 floats = one AVX-512 vector, two AVX2 vectors).
+// The packed layouts pad the vectorised channel dimension (cout; cin for kDirectFewCout) to
+// this multiple, so no layout depends on the ISA's vector width (16 floats = one AVX-512
+// vector, two AVX2 vectors).
 constexpr int kCoutAlign = 16;
 static inline int padded_cout(int cout) {
   return (cout + kCoutAlign - 1) / kCoutAlign * kCoutAlign;
@@ -68,11 +72,14 @@ struct Conv3x3Args {
 // Throws std::invalid_argument if this CPU lacks `isa` or `algorithm` does not run there.
 void conv3x3(const Conv3x3Args& args, DType dtype, Algorithm algorithm, Isa isa);
 
-// The best ISA this CPU supports, lowered by REDKERN_CPU_ISA=generic|avx2|avx512|avx512_bf16
-// (read once). Throws std::invalid_argument if the variable names an unknown ISA or one this
-// CPU lacks: a forced ISA is never silently replaced.
+// The best ISA this CPU supports, lowered by REDKERN_CPU_ISA=generic|avx2|avx512 (read
+// once). Throws std::invalid_argument if the variable names an unknown ISA or one this CPU
+// lacks: a forced ISA is never silently replaced.
 Isa selected_isa();
 bool isa_supported(Isa isa);
+// The CPU has AVX512_BF16 (vdpbf16ps), which Algorithm::kDirectBf16Dot needs (with the
+// avx512 kernels).
+bool bf16_dot_supported();
 const char* isa_name(Isa isa);
 Isa parse_isa(const char* name);  // throws std::invalid_argument for unknown names
 

@@ -15,7 +15,8 @@ struct IsaKernels {
   ConvFn direct_bf16;
   ConvFn winograd4_f32;
   ConvFn winograd4_bf16;
-  ConvFn direct_bf16dot;  // null where the ISA has no bf16 dot product
+  ConvFn few_cout_f32;
+  ConvFn few_cout_bf16;
   double (*fma_peak_gflops)(int nthreads);
 };
 
@@ -23,7 +24,7 @@ const IsaKernels& generic_kernels();
 #if defined(REDKERN_X86)
 const IsaKernels& avx2_kernels();
 const IsaKernels& avx512_kernels();
-const IsaKernels& avx512_bf16_kernels();
+void conv3x3_direct_bf16dot(const Conv3x3Args& a);  // isa_avx512/conv3x3_bf16dot.cpp
 #endif
 
 }  // namespace redkern::cpu

@@ -43,6 +43,10 @@ static inline bf16_t f32_to_bf16(float f) {
 // Defined in scratch.cpp.
 float* thread_scratch(std::size_t floats, int slot);
 
+// This core's L2 cache size in bytes (the OS's answer; 512 KiB where it gives none).
+// Defined in scratch.cpp.
+std::size_t l2_cache_bytes();
+
 // Add bias to `n` (1..S::kW) accumulated channels of one output pixel, apply the epilogue
 // (reading `extra` at the same place as `y`) and store.
 template <class S, class T>

@@ -68,18 +68,21 @@ PYBIND11_MODULE(_C, m) {
   py::enum_<Algorithm>(m, "Algorithm")
       .value("direct", Algorithm::kDirect)
       .value("winograd4x4", Algorithm::kWinograd4x4)
-      .value("direct_bf16dot", Algorithm::kDirectBf16Dot);
+      .value("direct_bf16dot", Algorithm::kDirectBf16Dot)
+      .value("direct_few_cout", Algorithm::kDirectFewCout);
 
   m.def("selected_isa", [] { return std::string(isa_name(selected_isa())); },
         "Instruction set of the kernels used by default: the best this CPU has, or the one "
         "REDKERN_CPU_ISA forces (ValueError if it names one this CPU lacks)");
   m.def("supported_isas", [] {
         std::vector<std::string> names;
-        for (int i = int(Isa::kGeneric); i <= int(Isa::kAvx512Bf16); ++i)
+        for (int i = int(Isa::kGeneric); i <= int(Isa::kAvx512); ++i)
           if (isa_supported(Isa(i))) names.push_back(isa_name(Isa(i)));
         return names;
       },
       "Every instruction set whose kernels can run on this CPU, lowest first");
+  m.def("bf16_dot_supported", &bf16_dot_supported,
+        "This CPU has AVX512_BF16, so Algorithm.direct_bf16dot runs (with the avx512 kernels)");
 
   m.def("packed_weight_size", &packed_weight_size, py::arg("cin"), py::arg("cout"),
         py::arg("algorithm"), "32-bit words in the packed weight for this algorithm");

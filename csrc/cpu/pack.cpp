@@ -15,12 +15,13 @@ float conv_tap(const float* w, int cin, int cout, bool transposed, int co, int c
                     : w[((std::size_t(co) * cin + ci) * 3 + ky) * 3 + kx];
 }
 
-// Winograd F(4x4, 3x3) kernel transform G (6x3), for interpolation points 0, +-1, +-2, inf.
-constexpr double kG[6][3] = {{1.0 / 4, 0, 0},
-                             {-1.0 / 6, -1.0 / 6, -1.0 / 6},
-                             {-1.0 / 6, 1.0 / 6, -1.0 / 6},
-                             {1.0 / 24, 1.0 / 12, 1.0 / 6},
-                             {1.0 / 24, -1.0 / 12, 1.0 / 6},
+// Winograd F(4x4, 3x3) kernel transform G (6x3): row j is (1, p, p^2) / prod_{q != p} (p - q)
+// for the points p = 0, 1, -1, 1/2, -2, and (0, 0, 1) for infinity (see winograd.h).
+constexpr double kG[6][3] = {{1, 0, 0},
+                             {1.0 / 3, 1.0 / 3, 1.0 / 3},
+                             {-1.0 / 3, 1.0 / 3, -1.0 / 3},
+                             {-16.0 / 15, -8.0 / 15, -4.0 / 15},
+                             {1.0 / 15, -2.0 / 15, 4.0 / 15},
                              {0, 0, 1}};
 
 }  // namespace
@@ -31,6 +32,7 @@ std::size_t packed_weight_size(int cin, int cout, Algorithm algorithm) {
     case Algorithm::kDirect: return 9 * std::size_t(cin) * cp;
     case Algorithm::kWinograd4x4: return 36 * std::size_t(cin) * cp;
     case Algorithm::kDirectBf16Dot: return 9 * std::size_t(div_up(cin, 2)) * cp;
+    case Algorithm::kDirectFewCout: return 9 * std::size_t(cout) * padded_cout(cin);
   }
   throw std::invalid_argument("unknown convolution algorithm");
 }
@@ -46,8 +48,9 @@ void pack_weight(const float* w, int cin, int cout, bool transposed, Algorithm a
         for (int kx = 0; kx < 3; ++kx) g[ky][kx] = conv_tap(w, cin, cout, transposed, co, ci, ky, kx);
 
       switch (algorithm) {
-        case Algorithm::kDirect:  // [tap][cin][cout_pad]
-          for (int t = 0; t < 9; ++t) packed[(std::size_t(t) * cin + ci) * cp + co] = g[t / 3][t % 3];
+        case Algorithm::kDirect:  // [cout_pad/16][tap][cin][16]: each 16 channels read in order
+          for (int t = 0; t < 9; ++t)
+            packed[((std::size_t(co / 16) * 9 + t) * cin + ci) * 16 + co % 16] = g[t / 3][t % 3];
           break;
         case Algorithm::kWinograd4x4:  // U = G g G^T in double, as [36][cin][cout_pad]
           for (int i = 0; i < 6; ++i)
@@ -57,6 +60,10 @@ void pack_weight(const float* w, int cin, int cout, bool transposed, Algorithm a
                 for (int b = 0; b < 3; ++b) u += kG[i][a] * double(g[a][b]) * kG[k][b];
               packed[(std::size_t(i * 6 + k) * cin + ci) * cp + co] = float(u);
             }
+          break;
+        case Algorithm::kDirectFewCout:  // [cout][tap][cin_pad]
+          for (int t = 0; t < 9; ++t)
+            packed[(std::size_t(co) * 9 + t) * padded_cout(cin) + ci] = g[t / 3][t % 3];
           break;
         case Algorithm::kDirectBf16Dot: {  // bf16 pairs (ci even, ci odd) per 32-bit word
           auto* halves = reinterpret_cast<bf16_t*>(packed);

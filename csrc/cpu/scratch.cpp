@@ -1,5 +1,9 @@
-// Per-thread scratch buffers for the kernels (see kernel_util.h). Compiled without ISA flags.
+// Per-thread scratch buffers and cache sizes for the kernels (see kernel_util.h). Compiled
+// without ISA flags.
 #include <cstdlib>
+#if defined(__unix__)
+#include <unistd.h>
+#endif
 
 #include "cpu/kernel_util.h"
 
@@ -28,6 +32,17 @@ float* thread_scratch(std::size_t floats, int slot) {
     if (b.data != nullptr) b.floats = floats;
   }
   return b.data;
+}
+
+std::size_t l2_cache_bytes() {
+  static const std::size_t bytes = [] {
+    long b = 0;
+#if defined(_SC_LEVEL2_CACHE_SIZE)
+    b = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return b > 0 ? std::size_t(b) : std::size_t(512) * 1024;
+  }();
+  return bytes;
 }
 
 }  // namespace redkern::cpu

@@ -12,36 +12,45 @@
 // Tiles past the image edge read zeros and store only their in-image pixels.
 #pragma once
 
-#include <omp.h>
-
 #include <new>
 
 #include "cpu/kernel_util.h"
 
 namespace redkern::cpu::winograd {
 
+// The transforms interpolate at 0, 1, -1, 1/2, -2 and infinity rather than the usual
+// 0, +-1, +-2: fp32 results come out about twice as accurate for the same cost (Barabasz et
+// al., "Error analysis and improving the accuracy of Winograd convolution", 2020). With
+// these points B^T, G and A^T are (G is applied at pack time, pack.cpp):
+//   B^T = [1 -3/2 -2  3/2  1  0]   G = [   1      0      0  ]   A^T = [1  1  1  1    1  0]
+//         [0  -1  1/2 5/2  1  0]       [  1/3    1/3    1/3 ]         [0  1 -1  1/2 -2  0]
+//         [0   1 -5/2 1/2  1  0]       [ -1/3    1/3   -1/3 ]         [0  1  1  1/4  4  0]
+//         [0  -2  -1   2   1  0]       [-16/15 -8/15  -4/15 ]         [0  1 -1  1/8 -8  1]
+//         [0  1/2 -1 -1/2  1  0]       [ 1/15  -2/15   4/15 ]
+//         [0   1 -3/2 -2  3/2 1]       [   0      0      1  ]
+
 // B^T applied to 6 values (one row or column of an input tile).
 template <class S>
 inline void input_1d(const typename S::V d[6], typename S::V out[6]) {
-  const auto four = S::set1(4.0f), two = S::set1(2.0f), minus_four = S::set1(-4.0f),
-             minus_five = S::set1(-5.0f);
-  out[0] = S::fma(four, d[0], S::fma(minus_five, d[2], d[4]));
-  out[1] = S::fma(minus_four, S::add(d[1], d[2]), S::add(d[3], d[4]));
-  out[2] = S::fma(four, S::sub(d[1], d[2]), S::sub(d[4], d[3]));
-  out[3] = S::fma(two, S::sub(d[3], d[1]), S::sub(d[4], d[2]));
-  out[4] = S::fma(two, S::sub(d[1], d[3]), S::sub(d[4], d[2]));
-  out[5] = S::fma(four, d[1], S::fma(minus_five, d[3], d[5]));
+  const auto half = S::set1(0.5f), three_halves = S::set1(1.5f), five_halves = S::set1(2.5f),
+             two = S::set1(2.0f), minus_two = S::set1(-2.0f);
+  const auto d31 = S::sub(d[3], d[1]), d42 = S::sub(d[4], d[2]);
+  out[0] = S::fma(three_halves, d31, S::fma(minus_two, d[2], S::add(d[0], d[4])));
+  out[1] = S::fma(half, d[2], S::fma(five_halves, d[3], S::sub(d[4], d[1])));
+  out[2] = S::fma(S::set1(-2.5f), d[2], S::fma(half, d[3], S::add(d[4], d[1])));
+  out[3] = S::fma(two, d31, d42);
+  out[4] = S::fma(S::set1(-0.5f), d31, d42);
+  out[5] = S::fma(three_halves, d42, S::fma(minus_two, d[3], S::add(d[1], d[5])));
 }
 
 // A^T applied to 6 values (one row or column of a transformed output tile).
 template <class S>
 inline void output_1d(const typename S::V m[6], typename S::V out[4]) {
   const auto s12 = S::add(m[1], m[2]), d12 = S::sub(m[1], m[2]);
-  const auto s34 = S::add(m[3], m[4]), d34 = S::sub(m[3], m[4]);
-  out[0] = S::add(S::add(m[0], s12), s34);
-  out[1] = S::fma(S::set1(2.0f), d34, d12);
-  out[2] = S::fma(S::set1(4.0f), s34, s12);
-  out[3] = S::add(S::fma(S::set1(8.0f), d34, d12), m[5]);
+  out[0] = S::add(S::add(m[0], s12), S::add(m[3], m[4]));
+  out[1] = S::fma(S::set1(0.5f), m[3], S::fma(S::set1(-2.0f), m[4], d12));
+  out[2] = S::fma(S::set1(0.25f), m[3], S::fma(S::set1(4.0f), m[4], s12));
+  out[3] = S::add(S::fma(S::set1(0.125f), m[3], S::fma(S::set1(-8.0f), m[4], d12)), m[5]);
 }
 
 template <class S>  // a template only so each ISA gets its own copy (kernel_util.h)
@@ -61,61 +70,95 @@ struct Geometry {
   }
 };
 
+// B^T d B for one channel vector of one input tile, stored to v + pos * pstride. rows[r] is
+// the start of input row r of the tile (null above or below the image), x0 the tile's left
+// column. Interior tiles (kEdge false) load without checks; edge tiles read zeros outside
+// the image and only `n` channels.
+template <class S, class T, bool kEdge>
+inline void input_tile(const T* const rows[6], int x0, int w, int cin, int c, int n, float* v,
+                       std::size_t pstride) {
+  using V = typename S::V;
+  V e[6][6];
+#pragma GCC unroll 6
+  for (int r = 0; r < 6; ++r) {
+    V d[6];
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; ++k) {
+      const int ix = x0 + k;
+      if (!kEdge) {
+        d[k] = S::load(rows[r] + std::size_t(ix) * cin + c);
+      } else if (rows[r] == nullptr || ix < 0 || ix >= w) {
+        d[k] = S::zero();
+      } else {
+        const T* p = rows[r] + std::size_t(ix) * cin + c;
+        d[k] = n == S::kW ? S::load(p) : S::loadn(p, n);
+      }
+    }
+    input_1d<S>(d, e[r]);
+  }
+#pragma GCC unroll 6
+  for (int k = 0; k < 6; ++k) {
+    V col[6], out[6];
+#pragma GCC unroll 6
+    for (int r = 0; r < 6; ++r) col[r] = e[r][k];
+    input_1d<S>(col, out);
+#pragma GCC unroll 6
+    for (int r = 0; r < 6; ++r) S::store(v + std::size_t(r * 6 + k) * pstride, out[r]);
+  }
+}
+
 // Step 1: V[pos][i][c] for tiles t0 .. t0+nt-1; rows nt .. rows-1 of V are zeroed.
 template <class S, class T>
 void transform_inputs(const Geometry<S>& g, const T* x, long t0, int nt, int rows, float* vbuf) {
-  using V = typename S::V;
+  const std::size_t pstride = std::size_t(g.tb) * g.cin_pad;
   for (int i = 0; i < nt; ++i) {
     int b, y0, x0;
     g.locate(t0 + i, b, y0, x0);
     --y0, --x0;  // the input tile starts one pixel up and left (padding 1)
+    const T* in_rows[6];
+    for (int r = 0; r < 6; ++r) {
+      const int iy = y0 + r;
+      in_rows[r] = iy >= 0 && iy < g.h ? x + (std::size_t(b) * g.h + iy) * g.w * g.cin : nullptr;
+    }
+    const bool interior = y0 >= 0 && y0 + 6 <= g.h && x0 >= 0 && x0 + 6 <= g.w;
+    float* v = vbuf + std::size_t(i) * g.cin_pad;
     for (int c = 0; c < g.cin; c += S::kW) {
       const int n = min_int(S::kW, g.cin - c);
-      V e[6][6];
-      for (int r = 0; r < 6; ++r) {
-        const int iy = y0 + r;
-        V d[6];
-        for (int k = 0; k < 6; ++k) {
-          const int ix = x0 + k;
-          if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) {
-            d[k] = S::zero();
-          } else {
-            const T* p = x + ((std::size_t(b) * g.h + iy) * g.w + ix) * g.cin + c;
-            d[k] = n == S::kW ? S::load(p) : S::loadn(p, n);
-          }
-        }
-        input_1d<S>(d, e[r]);
-      }
-      for (int k = 0; k < 6; ++k) {
-        V col[6], out[6];
-        for (int r = 0; r < 6; ++r) col[r] = e[r][k];
-        input_1d<S>(col, out);
-        for (int r = 0; r < 6; ++r)
-          S::store(vbuf + (std::size_t(r * 6 + k) * g.tb + i) * g.cin_pad + c, out[r]);
-      }
+      if (interior && n == S::kW)
+        input_tile<S, T, false>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride);
+      else
+        input_tile<S, T, true>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride);
     }
   }
   for (int pos = 0; pos < 36; ++pos)
     for (int i = nt; i < rows; ++i)
-      for (int c = 0; c < g.cin_pad; ++c) vbuf[(std::size_t(pos) * g.tb + i) * g.cin_pad + c] = 0.0f;
+      for (int c = 0; c < g.cin_pad; ++c) vbuf[pos * pstride + std::size_t(i) * g.cin_pad + c] = 0.0f;
 }
 
 // C[R][NV vectors] = A[R][k] * B[k][NV vectors], all row-major with the given strides.
 template <class S, int R, int NV>
 void gemm_block(const float* a, int lda, const float* b, int ldb, int k, float* c, int ldc) {
+  // Loops over R and NV are unrolled so `acc` stays in registers (see direct_block).
   using V = typename S::V;
   V acc[R][NV];
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) acc[r][v] = S::zero();
   for (int kk = 0; kk < k; ++kk, ++a, b += ldb) {
     V wv[NV];
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) wv[v] = S::load(b + v * S::kW);
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const V xb = S::bcast(a + r * lda);
+#pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) acc[r][v] = S::fma(xb, wv[v], acc[r][v]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) S::store(c + std::size_t(r) * ldc + v * S::kW, acc[r][v]);
 }
 
@@ -146,47 +189,78 @@ void multiply(const Geometry<S>& g, const float* vbuf, const float* packed, int 
   }
 }
 
-// Step 3: y (and the epilogue) for tiles t0 .. t0+nt-1 from M.
-template <class S, class T>
-void transform_outputs(const Geometry<S>& g, const float* mbuf, const float* bias, const T* extra,
-                       Epilogue epi, long t0, int nt, T* y) {
+// A^T m A for one channel vector of one tile (m at m + pos * pstride), plus bias and the
+// epilogue, stored to the output rows (yrows[r] + column; erows likewise for the skip or
+// residual). Edge tiles (kEdge) store only their first `rows` x `cols` pixels and `n`
+// channels.
+template <class S, class T, Epilogue kEpi, bool kEdge>
+inline void output_tile(const float* m, std::size_t pstride, typename S::V bias,
+                        T* const yrows[4], const T* const erows[4], int x0, int cout, int c,
+                        int n, int rows, int cols) {
   using V = typename S::V;
-  for (int i = 0; i < nt; ++i) {
-    int b, y0, x0;
-    g.locate(t0 + i, b, y0, x0);
-    const int rows = min_int(4, g.h - y0), cols = min_int(4, g.w - x0);
-    for (int c = 0; c < g.cout; c += S::kW) {
-      const int n = min_int(S::kW, g.cout - c);
-      V t[6][4];
-      for (int r = 0; r < 6; ++r) {
-        V m[6];
-        for (int k = 0; k < 6; ++k)
-          m[k] = S::load(mbuf + (std::size_t(r * 6 + k) * g.tb + i) * g.cout_pad + c);
-        output_1d<S>(m, t[r]);
-      }
-      const V bv = n == S::kW ? S::load(bias + c) : S::loadn(bias + c, n);
-      for (int k = 0; k < cols; ++k) {
-        V col[6], out[4];
-        for (int r = 0; r < 6; ++r) col[r] = t[r][k];
-        output_1d<S>(col, out);
-        for (int r = 0; r < rows; ++r) {
-          const std::size_t at = ((std::size_t(b) * g.h + y0 + r) * g.w + x0 + k) * g.cout + c;
-          finish_store<S, T>(out[r], bv, extra ? extra + at : nullptr, y + at, n, epi);
-        }
-      }
+  V t[6][4];
+#pragma GCC unroll 6
+  for (int r = 0; r < 6; ++r) {
+    V mr[6];
+#pragma GCC unroll 6
+    for (int k = 0; k < 6; ++k) mr[k] = S::load(m + std::size_t(r * 6 + k) * pstride);
+    output_1d<S>(mr, t[r]);
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    if (kEdge && k >= cols) break;
+    V col[6], out[4];
+#pragma GCC unroll 6
+    for (int r = 0; r < 6; ++r) col[r] = t[r][k];
+    output_1d<S>(col, out);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      if (kEdge && r >= rows) break;
+      const std::size_t at = std::size_t(x0 + k) * cout + c;
+      finish_store<S, T>(out[r], bias, kEpi == Epilogue::kRelu ? nullptr : erows[r] + at,
+                         yrows[r] + at, kEdge ? n : S::kW, kEpi);
     }
   }
 }
 
-// Tiles per block: V and M of a block together within about half of a 1 MiB L2 (or most of
-// a 512 KiB one), rounded to the GEMM's row blocking, and small enough that every thread
-// gets a block on small images.
+// Step 3: y (and the epilogue) for tiles t0 .. t0+nt-1 from M.
+template <class S, class T, Epilogue kEpi>
+void transform_outputs(const Geometry<S>& g, const float* mbuf, const float* bias, const T* extra,
+                       long t0, int nt, T* y) {
+  const std::size_t pstride = std::size_t(g.tb) * g.cout_pad;
+  for (int i = 0; i < nt; ++i) {
+    int b, y0, x0;
+    g.locate(t0 + i, b, y0, x0);
+    const int rows = min_int(4, g.h - y0), cols = min_int(4, g.w - x0);
+    T* yrows[4] = {};
+    const T* erows[4] = {};
+    for (int r = 0; r < rows; ++r) {
+      const std::size_t row = (std::size_t(b) * g.h + y0 + r) * g.w * g.cout;
+      yrows[r] = y + row;
+      if (kEpi != Epilogue::kRelu) erows[r] = extra + row;
+    }
+    const float* m = mbuf + std::size_t(i) * g.cout_pad;
+    for (int c = 0; c < g.cout; c += S::kW) {
+      const int n = min_int(S::kW, g.cout - c);
+      const auto bv = n == S::kW ? S::load(bias + c) : S::loadn(bias + c, n);
+      if (rows == 4 && cols == 4 && n == S::kW)
+        output_tile<S, T, kEpi, false>(m + c, pstride, bv, yrows, erows, x0, g.cout, c, n, 4, 4);
+      else
+        output_tile<S, T, kEpi, true>(m + c, pstride, bv, yrows, erows, x0, g.cout, c, n, rows, cols);
+    }
+  }
+}
+
+// Tiles per block: V and M of a block together fill half of this core's L2, leaving the
+// other half to the transformed weights streaming through (one 64x64 layer's are 590 KB);
+// rounded to the GEMM's row blocking, and small enough that every thread gets a block on
+// small images.
 template <class S>
 int tiles_per_block(int cin_pad, int cout_pad, long tiles, int nthreads) {
   constexpr int R = S::kGemmRows;
-  constexpr long kBudgetBytes = 320 * 1024;
+  const long budget = long(l2_cache_bytes() / 2);
   const long per_tile = 36L * (cin_pad + cout_pad) * long(sizeof(float));
-  long tb = kBudgetBytes / per_tile / R * R;
+  long tb = budget / per_tile / R * R;
   const long fair = (tiles + nthreads - 1) / nthreads;
   if (tb > (fair + R - 1) / R * R) tb = (fair + R - 1) / R * R;
   return int(tb < R ? R : tb);
@@ -213,7 +287,7 @@ void conv3x3_winograd4(const Conv3x3Args& a) {
 #pragma omp atomic write
       out_of_memory = true;
     }
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic)  // a preempted thread must not hold the others up
     for (long blk = 0; blk < blocks; ++blk) {
       if (vbuf == nullptr || mbuf == nullptr) continue;
       const long t0 = blk * g.tb;
@@ -221,7 +295,17 @@ void conv3x3_winograd4(const Conv3x3Args& a) {
       const int rows = div_up(nt, R) * R;
       transform_inputs<S, T>(g, x, t0, nt, rows, vbuf);
       multiply<S>(g, vbuf, a.packed, rows, mbuf);
-      transform_outputs<S, T>(g, mbuf, a.bias, extra, a.epilogue, t0, nt, y);
+      switch (a.epilogue) {
+        case Epilogue::kRelu:
+          transform_outputs<S, T, Epilogue::kRelu>(g, mbuf, a.bias, extra, t0, nt, y);
+          break;
+        case Epilogue::kReluAddRelu:
+          transform_outputs<S, T, Epilogue::kReluAddRelu>(g, mbuf, a.bias, extra, t0, nt, y);
+          break;
+        case Epilogue::kAddResidual:
+          transform_outputs<S, T, Epilogue::kAddResidual>(g, mbuf, a.bias, extra, t0, nt, y);
+          break;
+      }
     }
   }
   if (out_of_memory) throw std::bad_alloc();

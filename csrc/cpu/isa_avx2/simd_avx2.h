@@ -12,8 +12,8 @@ struct Avx2 {
   using V = __m256;
   // Register blocking: 6 pixels (or tiles) x 2 vectors = 12 accumulators, plus 2 weight
   // vectors and 1 broadcast input, fills the 16 ymm registers without spilling.
-  static constexpr int kDirectPixels = 6, kDirectVecs = 2;
-  static constexpr int kGemmRows = 6, kGemmVecs = 2;
+  static constexpr int kDirectPixels = 3, kDirectVecs = 4;
+  static constexpr int kGemmRows = 3, kGemmVecs = 4;
 
   static __m256i lanes_below(int n) {  // all-ones in lanes [0, n)
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -57,6 +57,11 @@ struct Avx2 {
   static V add(V a, V b) { return _mm256_add_ps(a, b); }
   static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static float hsum(V a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
   // max returns its second operand when either is NaN: keep x second so NaN stays NaN.
   static V relu(V a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }
 };

@@ -45,6 +45,7 @@ struct Avx512 {
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
   static V sub(V a, V b) { return _mm512_sub_ps(a, b); }
   static V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static float hsum(V a) { return _mm512_reduce_add_ps(a); }
   // max returns its second operand when either is NaN: keep x second so NaN stays NaN.
   static V relu(V a) { return _mm512_max_ps(_mm512_setzero_ps(), a); }
 };
