@@ -309,7 +309,8 @@ def _demo(args) -> int:
     if args.output:
         imageio.format_of(args.output, reading=False)
         imageio.check_target(args.output, args.overwrite)
-    if args.task is None and not args.weights:
+    if args.task is None and not args.weights and args.model is None and args.features is None \
+            and args.channels is None:
         args.task = "denoise"  # the demo restores with the shipped denoiser unless told otherwise
     model, description = _build_model(args)
     sample = imageio.sample_path()

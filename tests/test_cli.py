@@ -4,6 +4,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -18,8 +19,10 @@ from redkern.tiling import restore_file
 
 
 def run(*args, timeout=180):
+    # cwd outside the checkout: `python -m` puts cwd first on sys.path, and the source tree's
+    # redkern/ (without the built extension) must not shadow the installed package.
     return subprocess.run([sys.executable, "-m", "redkern", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, cwd=tempfile.gettempdir())
 
 
 @pytest.fixture

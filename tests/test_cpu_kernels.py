@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 
 import pytest
@@ -264,7 +265,9 @@ def _selected_in_subprocess(value: str) -> subprocess.CompletedProcess:
             "print(backends()['cpu']['available'], backends()['cpu']['detail'])\n"
             "print(_C.selected_isa())")
     env = dict(os.environ, REDKERN_CPU_ISA=value)
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    # cwd outside the checkout, so the source tree cannot shadow the installed package
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=tempfile.gettempdir())
 
 
 def test_selected_isa_is_the_best_supported():
