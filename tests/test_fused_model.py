@@ -79,6 +79,52 @@ def test_inference_mode_and_no_grad():
     assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("ctor,shape", [(redkern.RED10, (2, 3, 11, 7)), (redkern.RED20, (1, 1, 19, 23)),
+                                         (redkern.RED30, (3, 1, 6, 5))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_inference_path_equals_the_op_path(ctor, shape, dtype):
+    """Without autograd the model calls the kernels directly, into pooled buffers."""
+    _, fused = pair(ctor, shape[1], 24)
+    fused = fused.to(dtype)
+    x = torch.rand(shape, dtype=dtype)
+    with torch.no_grad():
+        direct = fused(x)
+        via_ops = fused._forward_ops(x)
+    assert direct.grad_fn is None
+    assert torch.isfinite(direct).all()
+    assert torch.equal(direct, via_ops)
+
+
+def test_pooled_buffers_never_leak_into_results():
+    """Each call's output is its own; shapes can change between calls; release frees."""
+    ref, fused = pair(redkern.RED30, 1, 16)
+    x1, x2, x3 = torch.rand(1, 1, 17, 13), torch.rand(1, 1, 17, 13), torch.rand(2, 1, 9, 21)
+    with torch.inference_mode():
+        y1 = fused(x1)
+        kept = y1.clone()
+        y2 = fused(x2)
+        assert torch.equal(y1, kept), "a later call wrote into an earlier result"
+        assert y1.untyped_storage().data_ptr() != y2.untyped_storage().data_ptr()
+        y3 = fused(x3)
+        again = fused(x1)
+        for x, y in ((x1, y1), (x2, y2), (x3, y3), (x1, again)):
+            assert rel_err(y, ref(x)) <= 1e-5
+        pool = fused._pool()
+        assert pool._maps, "the buffers of the last call are kept for the next"
+        fused.release_buffers()
+        assert not pool._maps
+
+
+def test_autograd_goes_through_the_ops():
+    _, fused = pair(redkern.RED10, 1, 8)
+    x = torch.rand(1, 1, 7, 6)
+    y = fused(x)  # parameters require grad and grad mode is on: a graph is built
+    assert y.grad_fn is not None
+    with torch.no_grad():
+        assert fused(x).grad_fn is None
+        assert torch.allclose(fused(x), y.detach(), rtol=1e-6, atol=1e-6)
+
+
 def test_training_gradients_match_reference():
     ref, fused = pair(redkern.RED20, 1, 8)
     ref.train(), fused.train()

@@ -148,12 +148,13 @@ def launch_conv3x3(module, x, weight, bias, extra, *, transposed: bool, epilogue
     return out
 
 
-def conv3x3(x, weight, bias, extra, *, transposed: bool, epilogue) -> torch.Tensor:
-    """Fused 3x3 conv on CUDA tensors; returns an NHWC (channels_last) tensor."""
+def conv3x3(x, weight, bias, extra, *, transposed: bool, epilogue, out=None) -> torch.Tensor:
+    """Fused 3x3 conv on CUDA tensors; returns an NHWC (channels_last) tensor, ``out`` if
+    given (a dense NHWC tensor of the output's shape and dtype)."""
     if x.dtype not in DTYPES:
         raise TypeError(f"the CUDA C++ kernels take {', '.join(map(str, DTYPES))}, got {x.dtype}; "
                         f"convert with x.float() (or use the reference model for {x.dtype})")
     device = x.device.index if x.device.index is not None else torch.cuda.current_device()
     stream = torch.cuda.current_stream(x.device).cuda_stream
     return launch_conv3x3(_cuda, x, weight, bias, extra, transposed=transposed, epilogue=epilogue,
-                          stream=stream, device=device)
+                          out=out, stream=stream, device=device)
