@@ -6,7 +6,7 @@ Readers hand out pixels as numpy arrays ``[rows, cols, channels]`` in the file's
 =========================  ======================================  ==================================
 format (suffix)            reading                                 writing
 =========================  ======================================  ==================================
-``.npy``                   maps of only the rows a region spans    the same, into a sparse file
+``.npy``                   maps of only the rows a region spans    the same, space reserved up front
 ``.tif .tiff .btf .tf8``   uncompressed: as ``.npy``; compressed   uncompressed, as ``.npy``; BigTIFF
                            or tiled: chunk by chunk through zarr   for ``.btf``/``.tf8``, over 4 GB,
                            (decoded whole without zarr)            or when the input was BigTIFF
@@ -20,13 +20,15 @@ image's last channel is taken to be alpha.
 
 Nothing reaches the target path until it is complete: ``create_image`` fills a temporary
 file (or directory) beside it and ``os.replace``-s it into place on success; on any error or
-interrupt the temporary is removed and the target is left as it was.
+interrupt the temporary is removed and the target is left as it was. A write that fails (a
+full disk, a file-size limit) raises ``OutputNotWritable`` naming the target and the cause.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import mmap
 import os
 import shutil
@@ -208,6 +210,14 @@ class _MappedPixels:
         self._offset, self._writable = offset, writable
         self._row_items = self.shape[1] * self.shape[2]
         self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        if writable:
+            # Reserve the blocks now: a full disk raises ENOSPC here, before any compute,
+            # instead of a SIGBUS from a write through the map of a sparse file.
+            try:
+                os.posix_fallocate(self._fd, 0, offset + math.prod(self.shape) * self.dtype.itemsize)
+            except BaseException:
+                os.close(self._fd)
+                raise
 
     def _map(self, rows: slice):
         """The map of ``rows`` and where in it their first byte lies (maps start page-aligned)."""
@@ -464,7 +474,15 @@ class ImageWriter:
         if block.dtype != self.dtype or block.ndim != 3 or block.shape[2] != self.channels:
             raise ValueError(f"expected a [h, w, {self.channels}] {self.dtype} block, "
                              f"got {block.shape} {block.dtype}")
-        self._pixels.write(rows, cols, block)
+        try:
+            self._pixels.write(rows, cols, block)
+        except OSError as e:
+            raise _write_failed(self.path, e) from e
+
+
+def _write_failed(path: Path, error: OSError) -> "OutputNotWritable":
+    return OutputNotWritable(f"{path}: writing it failed: {error.strerror or error}; "
+                             "nothing was written there", path=path, reading=False)
 
 
 def writable_dtype(fmt: str, dtype, channels: int, alpha: bool) -> str | None:
@@ -514,7 +532,10 @@ def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: 
         except OSError as e:
             raise OutputNotWritable(f"{path}: cannot create it: {e}", path=path, reading=False) from e
         yield ImageWriter(path, pixels, finish)
-        finish()
+        try:
+            finish()
+        except OSError as e:
+            raise _write_failed(path, e) from e
         pixels.close()
         check_target(path, overwrite)  # again: something may have appeared there meanwhile
         _publish(temp, path)
@@ -567,7 +588,7 @@ def _stored_shape(shape):
 
 def _create_npy(temp, shape, dtype, alpha, bigtiff):
     header = np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=_stored_shape(shape))
-    offset = header.offset  # the file is sparse: nothing was written past the header
+    offset = header.offset  # sparse so far: _MappedPixels reserves the blocks
     del header
     pixels = _MappedPixels(temp, offset, shape, dtype, writable=True)
     return pixels, pixels.finish

@@ -170,6 +170,77 @@ def test_a_three_channel_model_on_a_grayscale_image_is_refused(tmp_path, capsys)
     assert not (tmp_path / "o.png").exists()
 
 
+# --- a full disk, a locked directory ---------------------------------------------------------
+
+def _file_size_limit(nbytes):
+    """For a child process: files may not grow past ``nbytes``. Writes past it fail with EFBIG
+    (Python ignores SIGXFSZ), through the same paths a full disk's ENOSPC takes."""
+    def apply():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return apply
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX resource limits")
+@pytest.mark.parametrize("suffix", [".npy", ".tif", ".png", ".zarr"])
+def test_running_out_of_space_is_an_output_error_and_leaves_nothing(tmp_path, rng, suffix):
+    src = tmp_path / "in.npy"
+    np.save(src, rng.random((300, 300), dtype=np.float32))
+    before = src.read_bytes()
+    out = tmp_path / f"out{suffix}"
+    args = [sys.executable, "-m", "redkern", "restore", str(src), str(out), "--model", "red10",
+            "--features", "4", "--backend", "reference", "--tile", "128", "--quiet"]
+    if suffix in (".png",):
+        args += ["--out-dtype", "uint8"]
+    child = subprocess.run(args, capture_output=True, text=True, timeout=180, cwd=tempfile.gettempdir(),
+                           preexec_fn=_file_size_limit(64 * 1024))
+    assert child.returncode == cli.EXIT_OUTPUT, child.stderr
+    assert f"{out}: " in child.stderr and "File too large" in child.stderr, child.stderr
+    assert "Traceback" not in child.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy"]
+    assert src.read_bytes() == before
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+def test_a_directory_without_write_permission_is_refused_before_work():
+    """Run in a forked child; as root (who may write anywhere) the child first drops to an
+    unprivileged user, so the directory's permissions apply."""
+    base = Path(tempfile.mkdtemp(prefix="redkern-perm-"))
+    locked = base / "locked"
+    try:
+        base.chmod(0o755)
+        src = base / "in.npy"
+        np.save(src, np.zeros((40, 40), np.float32))
+        src.chmod(0o644)
+        locked.mkdir()
+        locked.chmod(0o555)
+        err_path = base / "stderr.txt"
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            code = 99
+            try:
+                sys.stderr = open(err_path, "w")
+                if os.geteuid() == 0:
+                    os.setgroups([])
+                    os.setgid(65534)
+                    os.setuid(65534)
+                code = cli.main(["restore", str(src), str(locked / "out.npy"), "--model", "red10",
+                                 "--features", "4", "--quiet"])
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        err = err_path.read_text()
+        assert os.waitstatus_to_exitcode(status) == cli.EXIT_OUTPUT, err
+        assert f"no permission to write in {locked}" in err, err
+        assert list(locked.iterdir()) == []
+    finally:
+        if locked.exists():
+            locked.chmod(0o755)
+        shutil.rmtree(base)
+
+
 # --- interrupts -----------------------------------------------------------------------------
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
