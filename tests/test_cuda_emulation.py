@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import redkern
 from redkern import ops
@@ -210,6 +212,43 @@ def test_planted_bug_is_caught(bug, cin, cout, dtype, schedule):
                            planted_bug=bug)
         with pytest.raises(AssertionError):
             torch.testing.assert_close(bad.float(), ref, **TOL[dtype])
+
+
+# --- property-based: random shapes, layouts, value ranges, schedules -------------------------
+
+def _layout(t, layout):
+    """The same values as ``t`` in NCHW, channels_last or a strided (every-other-column) view."""
+    if layout == "channels_last":
+        return t.contiguous(memory_format=torch.channels_last)
+    if layout == "strided":
+        wide = torch.zeros(*t.shape[:3], 2 * t.shape[3], dtype=t.dtype)
+        wide[..., ::2] = t
+        return wide[..., ::2]
+    return t
+
+
+@settings(max_examples=int(os.environ.get("REDKERN_FUZZ_EXAMPLES", 40)), deadline=None,
+          suppress_health_check=list(HealthCheck))
+@given(op=st.sampled_from(OPS), n=st.integers(1, 2), cin=st.integers(1, 40),
+       cout=st.integers(1, 72), h=st.integers(1, 12), w=st.integers(1, 12),
+       dtype=st.sampled_from(DTYPES), layout=st.sampled_from(["nchw", "channels_last", "strided"]),
+       scale=st.sampled_from([1e-3, 1.0, 1e2]), schedule=st.sampled_from(["concurrent", "serialized"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_fuzz_against_reference(op, n, cin, cout, h, w, dtype, layout, scale, schedule, seed):
+    """Any shape, memory format and value range: every output element written, and right."""
+    torch.manual_seed(seed)
+    x, weight, bias, extra = make_case(op, n, cin, cout, h, w, torch.float32)
+    # Scale before rounding so the reference sees exactly the kernel's inputs.
+    x, bias = (x * scale).to(dtype), (bias * scale).to(dtype)
+    weight = weight.to(dtype)
+    extra = (extra * scale).to(dtype) if extra is not None else None
+    want = reference(op, x, weight, bias, extra)
+    x = _layout(x, layout)
+    extra = _layout(extra, layout) if extra is not None else None
+    got = run_emulated(op, x, weight, bias, extra, schedule=schedule)
+    assert not got.isnan().any(), f"{int(got.isnan().sum())} output elements unwritten (NaN)"
+    tol = TOL[dtype]
+    torch.testing.assert_close(got.float(), want, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
 # --- the emulator itself ---------------------------------------------------------------------
