@@ -3,8 +3,9 @@
     python bench/compare_cpu.py                       # 256x256 and 1024x1024, print the table
     python bench/compare_cpu.py --sizes 256 --write BENCHMARKS.md
 
-Times are medians of repeats, measured in this one run; ratios are peer time / redkern time
-(> 1 means redkern is faster). Errors are max |y - y64| / max |y64| against an fp64 run of
+Times are medians of repeats, measured in this one run, the runners taking turns (one run
+of each per round) so that load from elsewhere hits all of them alike; ratios are peer
+time / redkern time (> 1 means redkern is faster). Errors are max |y - y64| / max |y64| against an fp64 run of
 the same network (Kaiming-init random weights, inputs in [0, 1]). Peers that are not
 installed are listed with the reason.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import statistics
 import sys
 import time
 
@@ -24,8 +26,10 @@ from redkern import benchmarking as B
 from redkern.backends import cpu as cpu_backend
 
 
-def measure(size: int, repeats: int, features: int, compile_: bool,
-            slow_limit: float) -> tuple[list[dict], list[str]]:
+def measure(size: int, repeats: int, features: int, compile_: bool, slow_limit: float,
+            too_slow: dict[str, str]) -> tuple[list[dict], list[str]]:
+    """Rows for one size. ``too_slow``: peers over ``slow_limit`` at a smaller size (name ->
+    where), skipped here with a note; this call adds the ones it finds."""
     torch.manual_seed(0)
     model = B.kaiming_init_(redkern.RED30(features=features)).eval()
     x = torch.rand(1, 1, size, size)
@@ -51,24 +55,36 @@ def measure(size: int, repeats: int, features: int, compile_: bool,
     runners.append(B.onnxruntime_peer(model, x))
     runners += B.openvino_peers(model, x)
 
-    rows, notes = [], []
+    rows, notes, timed = [], [], []
     with torch.inference_mode():
-        for peer in runners:
+        for peer in runners:  # the first run of each: its error, and a warm-up
             if peer.run is None:
                 notes.append(f"{peer.name}: skipped, {peer.note}")
                 continue
+            if peer.name in too_slow:
+                notes.append(f"{peer.name}: not run at {size}x{size}, {too_slow[peer.name]}")
+                continue
             t0 = time.perf_counter()
-            err = B.max_rel_error(peer.run(x), want)
+            row = {"name": peer.name, "size": size, "error": B.max_rel_error(peer.run(x), want)}
             first = time.perf_counter() - t0
-            name = peer.name
+            rows.append(row)
             if first > slow_limit:
                 # A peer this slow is no contest; one timed run says so without costing minutes.
-                secs = first
-                name += f" (one run: over {slow_limit:g} s)"
+                row.update(name=f"{peer.name} (one run: over {slow_limit:g} s)", times=[first])
+                too_slow[peer.name] = f"as it took {first:.0f} s at {size}x{size}"
             else:
-                secs = B.median_seconds(lambda: peer.run(x), repeats=repeats)
-            rows.append({"name": name, "size": size, "seconds": secs,
-                         "gflops": flops / secs / 1e9, "error": err})
+                row["times"] = []
+                timed.append((peer, row))
+        # Round-robin: a burst of load from elsewhere on a shared machine slows one round of
+        # every runner instead of every repeat of one, and the medians shrug it off.
+        for _ in range(repeats):
+            for peer, row in timed:
+                t0 = time.perf_counter()
+                peer.run(x)
+                row["times"].append(time.perf_counter() - t0)
+    for row in rows:
+        row["seconds"] = statistics.median(row.pop("times"))
+        row["gflops"] = flops / row["seconds"] / 1e9
     base = next(r["seconds"] for r in rows if r["name"] == "redkern fp32")
     for r in rows:
         r["ratio"] = r["seconds"] / base
@@ -103,9 +119,9 @@ def main(argv=None) -> int:
               f"{datetime.date.today()}",
               f"Measured fp32 FMA peak: {peak:.0f} GFLOP/s" if peak else "fp32 FMA peak: not measured",
               f"FLOPs counted as direct convolution: {B.model_flops(redkern.RED30(features=args.features), 1, 1, 1) / 1e6:.2f} MFLOP per pixel"]
-    all_rows, all_notes = [], []
-    for size in args.sizes:
-        rows, notes = measure(size, args.repeats, args.features, not args.no_compile, args.slow_limit)
+    all_rows, all_notes, too_slow = [], [], {}
+    for size in sorted(args.sizes):
+        rows, notes = measure(size, args.repeats, args.features, not args.no_compile, args.slow_limit, too_slow)
         all_rows += rows
         all_notes += [n for n in notes if n not in all_notes]
     out = "\n".join(header) + "\n\n" + table(all_rows) + "\n\n" + "\n".join(f"- {n}" for n in all_notes)

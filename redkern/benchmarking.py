@@ -112,7 +112,8 @@ def torch_peers(model: REDNet, x: torch.Tensor, compile_: bool = True) -> list[P
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = True
-            compiled = torch.compile(cl_model)
+            # Static shapes: each size gets its own graph, as a deployment compiled for it would.
+            compiled = torch.compile(cl_model, dynamic=False)
             with torch.no_grad():
                 compiled(x.contiguous(memory_format=torch.channels_last))
             peers.append(Peer("torch.compile (freezing, channels_last)",
