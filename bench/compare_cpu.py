@@ -24,6 +24,7 @@ import torch
 import redkern
 from redkern import benchmarking as B
 from redkern.backends import cpu as cpu_backend
+from ratio_table import replace_section  # same folder
 
 
 def measure(size: int, repeats: int, features: int, compile_: bool, slow_limit: float,
@@ -129,24 +130,8 @@ def main(argv=None) -> int:
     if args.write:
         cmd = "python bench/compare_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])
         section = f"## CPU: RED30 against the peers\n\nProduced by `{cmd}` on {platform.node() or 'this machine'}.\n\n{out}\n"
-        _replace_section(args.write, "## CPU: RED30 against the peers", section)
+        replace_section(args.write, "## CPU: RED30 against the peers", section)
     return 0
-
-
-def _replace_section(path: str, heading: str, section: str) -> None:
-    """Replace the markdown section that starts at ``heading`` (up to the next '## ')."""
-    try:
-        text = open(path).read()
-    except FileNotFoundError:
-        text = "# Benchmarks\n\n"
-    start = text.find(heading)
-    if start < 0:
-        text = text.rstrip() + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(heading))
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    with open(path, "w") as f:
-        f.write(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,64 @@
+"""The scripts that turn benchmark runs into BENCHMARKS.md: ratios, baselines, sections."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def bench(group, median, **info):
+    return {"group": group, "name": f"test[{info.get('provider', group)}]", "stats": {"median": median},
+            "extra_info": info}
+
+
+RUN = {"machine_info": {"cpu": {"brand_raw": "Test CPU"}}, "datetime": "2026-11-22T00:00:00",
+       "benchmarks": [
+           bench("RED30 1x1x256x256", 0.9, provider="torch eager NCHW", gflops_per_s=100.0, max_rel_error=2e-6),
+           bench("RED30 1x1x256x256", 0.3, provider="redkern fused", gflops_per_s=300.0, max_rel_error=1e-6),
+           bench("tiling 2048", 2.2, provider="redkern tiled 2x2 grid", megapixels_per_s=1.9, baseline=False),
+           bench("tiling 2048", 2.0, provider="redkern whole image", megapixels_per_s=2.1, baseline=True),
+       ]}
+
+
+def test_ratios_are_to_redkern_or_to_the_marked_baseline():
+    lines = load("ratio_table").rows_from(RUN)
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in lines[2:]}
+    assert "| 3.00x |" in rows[("RED30 1x1x256x256", "torch eager NCHW")]
+    assert "| 1.00x |" in rows[("RED30 1x1x256x256", "redkern fused")]
+    assert "| 1.10x |" in rows[("tiling 2048", "redkern tiled 2x2 grid")]
+    assert "| 1.00x |" in rows[("tiling 2048", "redkern whole image")]
+    assert len(rows) == 4
+
+
+def test_write_replaces_only_its_own_section(tmp_path):
+    target = tmp_path / "BENCHMARKS.md"
+    target.write_text("# Benchmarks\n\n## CPU: RED30 against the peers\n\nkept\n\n"
+                      "## pytest-benchmark: redkern against each provider\n\nold table\n\n## After\n\nalso kept\n")
+    run_file = tmp_path / "bench.json"
+    run_file.write_text(json.dumps(RUN))
+    assert load("ratio_table").main([str(run_file), "--write", str(target), "--pytest-command", "pytest bench/ -x"]) == 0
+    text = target.read_text()
+    assert "old table" not in text and "kept" in text and "also kept" in text
+    assert "`pytest bench/ -x`" in text and "Test CPU, 2026-11-22" in text
+    assert text.count("## pytest-benchmark") == 1 and "| 3.00x |" in text
+
+
+@pytest.mark.parametrize("existing", [None, "# Benchmarks\n\nintro\n"])
+def test_replace_section_creates_or_appends(tmp_path, existing):
+    target = tmp_path / "B.md"
+    if existing:
+        target.write_text(existing)
+    load("ratio_table").replace_section(str(target), "## CPU", "## CPU\n\nnew\n")
+    text = target.read_text()
+    assert text.startswith("# Benchmarks") and text.rstrip().endswith("new")
+    assert ("intro" in text) == bool(existing)
