@@ -36,6 +36,9 @@ class CMakeBuild(build_ext):
         self._into_source = bool(self.inplace or getattr(self, "editable_mode", False))
         super().run()
 
+    def copy_extensions_to_source(self):
+        """In-place builds: CMake already wrote every module into redkern/ (build_extension)."""
+
     def build_extension(self, ext):
         import pybind11
 

@@ -33,5 +33,26 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 # `python -m pytest` puts this copy first on sys.path, so its instrumented modules are the ones
 # imported; the first line printed says which.
 "$python" -c "import redkern._C as c, redkern._cuda_emu as e; print('sanitize: testing', c.__file__, e.__file__)"
+
+# The canary: a call that lies about its input's size (the one thing the C++ layer cannot check)
+# must be caught reading past the buffer, or the sanitizer is not really on.
+canary='
+import torch
+from redkern import _C
+from redkern.backends import cpu
+x = torch.rand(16)  # claimed below to hold 1x4x4x8 = 128 floats
+p = cpu.packed_weight(torch.randn(8, 8, 3, 3), False, _C.Algorithm.direct)
+b, y = torch.zeros(8), torch.empty(128)
+_C.conv3x3(x.data_ptr(), 128, p.data_ptr(), p.numel(), b.data_ptr(), 8, 0, 0, y.data_ptr(), 128,
+           1, 4, 4, 8, 8, _C.Epilogue.relu, _C.DType.float32, _C.Algorithm.direct, 1, "")
+'
+report=$(mktemp)
+if "$python" -c "$canary" 2>"$report"; then
+  echo "sanitize: the canary's overflow went unreported: the sanitizer is not active" >&2
+  exit 1
+fi
+grep -q "ERROR: AddressSanitizer: heap-buffer-overflow" "$report" || {
+  cat "$report" >&2; echo "sanitize: the canary failed, but not as expected" >&2; exit 1; }
+echo "sanitize: the canary's deliberate overflow was caught"
 "$python" -m pytest -p no:cacheprovider -q "$@"
 echo "sanitize: no AddressSanitizer or UBSan report"
