@@ -70,7 +70,7 @@ class FusedREDNet(REDNet):
             return True
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())):
             return True
-        return type(x) is not torch.Tensor and not isinstance(x, torch.nn.Parameter)
+        return type(x) is not torch.Tensor  # subclasses (fake, functional) need the ops
 
     def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
         impl = _backends.resolve(self.backend, x.device)
@@ -105,8 +105,7 @@ class FusedREDNet(REDNet):
             skip = saved.pop(self.skips[j]) if j in self.skips else None
             impl.conv3x3(h_map, layer.weight, layer.bias, skip, transposed=True,
                          epilogue=Epilogue.RELU if skip is None else Epilogue.RELU_ADD_RELU, out=out)
-            if not any(h_map is m for m in saved.values()):
-                free.append(h_map)
+            free.append(h_map)  # a decoder's input is never a skip (those are conv_1..conv_{n-1})
             if skip is not None:
                 free.append(skip)
             h_map = out
@@ -114,8 +113,7 @@ class FusedREDNet(REDNet):
         # NHWC with stride(1) == 1 even for one channel (what the kernels write).
         out = torch.empty((n, h, w, self.channels), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
         impl.conv3x3(h_map, last.weight, last.bias, inp, transposed=True, epilogue=Epilogue.ADD_RESIDUAL, out=out)
-        if h_map is not inp:
-            free.append(h_map)
+        free.append(h_map)
         if pooled:
             self._pool().put(key, free)
         return out if is_channels_last(x) else out.contiguous()

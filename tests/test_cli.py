@@ -250,7 +250,10 @@ def test_a_signal_mid_run_leaves_no_output_and_no_temporary(tmp_path, rng, sig, 
     np.save(src, rng.random((600, 600), dtype=np.float32))
     child = subprocess.Popen([sys.executable, "-m", "redkern", "restore", str(src), str(out), "--model", "red30",
                               "--features", "32", "--backend", "reference", "--tile", "128"],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             # A shell's background job (CI's, say) ignores SIGINT, and so would
+                             # the child: give it the default a terminal's Ctrl-C meets.
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not any(p.name.endswith(".part") for p in tmp_path.iterdir()):  # the run has started
         assert child.poll() is None and time.monotonic() < deadline, child.communicate()
