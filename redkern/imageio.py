@@ -210,7 +210,7 @@ class _MappedPixels:
         self._offset, self._writable = offset, writable
         self._row_items = self.shape[1] * self.shape[2]
         self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
-        if writable:
+        if writable and hasattr(os, "posix_fallocate"):  # not on macOS or Windows
             # Reserve the blocks now: a full disk raises ENOSPC here, before any compute,
             # instead of a SIGBUS from a write through the map of a sparse file.
             try:
