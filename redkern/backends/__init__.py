@@ -3,6 +3,29 @@
 ``redkern.backends()`` reports every backend with whether it can run here and why not.
 ``resolve(name, device)`` returns the backend object for a call, or raises
 ``BackendUnavailable`` with the reason: there is no silent fallback.
+
+What every backend module provides (the one contract the ops and the executor call):
+
+``status() -> {"available", "devices", "detail"}`` and ``check_can_run(device)``.
+
+``algorithm(cin, cout, kernel, padding, transposed, dtype) -> str``
+    A short label of how this backend computes such a layer (``"winograd F(4x4,3x3)"``,
+    ``"direct 5x5"``, ``"1x1 GEMM"``...), for the plan report; raises ``BackendUnavailable``
+    naming the layer's limitation when it cannot run it (a kernel size, a dtype).
+
+``conv2d(x, weight, bias, extra=None, *, transposed, padding, epilogue, slopes=None,
+slopes2=None, out=None) -> Tensor``
+    One fused stride-1 convolution, ``redkern.epilogue.reference_conv2d``'s semantics:
+    ``x`` ``[N, Cin, H, W]`` in any layout; ``weight`` ``nn.Conv2d`` ``[Cout, Cin, kh, kw]``
+    or, with ``transposed``, ``nn.ConvTranspose2d`` ``[Cin, Cout, kh, kw]`` (run as the
+    convolution with the window flipped, channels swapped and padding ``k - 1 - p``);
+    ``padding`` ``(ph, pw)`` as those modules take it, ``0 <= p <= k - 1``; ``bias``
+    ``[Cout]`` (zeros when the layer has none); ``extra`` ``[N, Cout, OH, OW]`` when
+    ``epilogue.needs_extra``; ``slopes``/``slopes2``: float32 ``[Cout]`` on the device
+    (``redkern.epilogue.kernel_slopes``) when ``act``/``act2`` is LEAKY_RELU or PRELU.
+    Returns a dense NHWC (``stride(1) == 1``) ``[N, Cout, OH, OW]`` tensor in ``x``'s dtype:
+    ``out`` when given (it must be exactly that). Never writes outside ``out``; writes
+    every element of it.
 """
 
 from __future__ import annotations

@@ -1,0 +1,159 @@
+"""What the tests and benchmarks share: one table of cases, one reference, checks that can fail.
+
+    from redkern import testing as T
+    case = T.layer_case(n=2, cin=5, cout=7, h=9, w=11, kernel=5, epilogue=T.EPILOGUES["prelu"])
+    want = T.reference(case)                 # float64, from the same rounded inputs
+    out = T.poisoned_nhwc(case.out_shape, torch.float32)
+    backend.conv2d(*case.tensors, **case.options, out=out)
+    T.assert_close(out, want, 1e-5)          # NaN (an unwritten element) never passes
+
+Every backend's tests draw their layers from ``layer_case`` and compare against
+``reference`` (``redkern.epilogue.reference_conv2d`` in float64), so "correct" means the
+same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, reference_conv2d
+
+__all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close",
+           "max_rel_error", "poisoned_nhwc", "kaiming_init_", "TOLERANCE"]
+
+# Every activation in both places and every residual mode, with scales that are not 1.
+EPILOGUES: dict[str, Epilogue] = {
+    "identity": Epilogue(),
+    "relu": Epilogue(act=Act.RELU),
+    "leaky_relu": Epilogue(act=Act.LEAKY_RELU, slope=0.2),
+    "prelu": Epilogue(act=Act.PRELU),
+    "tanh": Epilogue(act=Act.TANH, alpha=0.5),
+    "relu_add_relu": Epilogue(act=Act.RELU, residual=Residual.AFTER_ACT, act2=Act.RELU),
+    "add_residual": Epilogue(residual=Residual.BEFORE_ACT),
+    "scaled_residual": Epilogue(alpha=0.1, residual=Residual.BEFORE_ACT),
+    "negated_residual": Epilogue(alpha=-1.0, residual=Residual.BEFORE_ACT),
+    "relu_before_act": Epilogue(act=Act.RELU, residual=Residual.BEFORE_ACT, beta=-0.5),
+    "prelu_then_leaky": Epilogue(act=Act.PRELU, residual=Residual.AFTER_ACT, beta=0.5,
+                                 act2=Act.LEAKY_RELU, slope2=0.3),
+    "tanh_then_prelu": Epilogue(act=Act.TANH, residual=Residual.AFTER_ACT, act2=Act.PRELU),
+}
+
+# (kernel, padding) pairs: "same" sizes and the unpadded ("valid") form SRCNN's paper uses.
+KERNELS = [(1, 0), (3, 1), (5, 2), (9, 4), (3, 0), (5, 0)]
+
+TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
+
+
+@dataclasses.dataclass
+class LayerCase:
+    """One fused layer's inputs. ``tensors`` and ``options`` are what ``conv2d`` takes."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
+    extra: torch.Tensor | None
+    act_weight: torch.Tensor | None
+    act2_weight: torch.Tensor | None
+    transposed: bool
+    padding: tuple[int, int]
+    epilogue: Epilogue
+
+    @property
+    def cout(self) -> int:
+        return self.weight.shape[1 if self.transposed else 0]
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        n, _, h, w = self.x.shape
+        kh, kw = self.weight.shape[2:]
+        return (n, self.cout, output_size(h, kh, self.padding[0], self.transposed),
+                output_size(w, kw, self.padding[1], self.transposed))
+
+    @property
+    def tensors(self) -> tuple:
+        return self.x, self.weight, self.bias, self.extra
+
+    @property
+    def options(self) -> dict:
+        """The keyword arguments of a backend's ``conv2d`` (slopes made as the op makes them)."""
+        e, dev = self.epilogue, self.x.device
+        return dict(transposed=self.transposed, padding=self.padding, epilogue=e,
+                    slopes=kernel_slopes(e.act, e.slope, self.act_weight, self.cout, dev),
+                    slopes2=kernel_slopes(e.act2, e.slope2, self.act2_weight, self.cout, dev))
+
+    def to(self, **kwargs) -> "LayerCase":
+        move = lambda t: None if t is None else t.to(**kwargs)  # noqa: E731
+        return dataclasses.replace(self, **{f: move(getattr(self, f)) for f in
+                                            ("x", "weight", "bias", "extra", "act_weight", "act2_weight")})
+
+
+def layer_case(n: int = 1, cin: int = 8, cout: int = 8, h: int = 9, w: int = 11, *, kernel=3,
+               padding=None, transposed: bool = False, epilogue: Epilogue | str = "relu",
+               dtype: torch.dtype = torch.float32, device="cpu", generator=None) -> LayerCase:
+    """Random inputs of one layer whose outputs are O(1): He-scaled weights, bias and extra
+    of unit order, PReLU weights per channel in (0, 0.5). ``padding`` defaults to "same"
+    (``kernel // 2``); the values are drawn in float32, then cast to ``dtype``."""
+    e = EPILOGUES[epilogue] if isinstance(epilogue, str) else epilogue
+    kh, kw = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    ph, pw = (kh // 2, kw // 2) if padding is None else ((padding, padding) if isinstance(padding, int) else tuple(padding))
+    g = generator
+    randn = lambda *shape: torch.randn(*shape, generator=g)  # noqa: E731
+    x = randn(n, cin, h, w)
+    weight = randn(*((cin, cout, kh, kw) if transposed else (cout, cin, kh, kw))) * (2.0 / (kh * kw * cin)) ** 0.5
+    bias = randn(cout) * 0.5
+    case = LayerCase(x, weight, bias, None, None, None, transposed, (ph, pw), e)
+    _, _, oh, ow = case.out_shape
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} kernel with padding {(ph, pw)} leaves no output of a {h}x{w} input")
+    if e.needs_extra:
+        case.extra = randn(n, cout, oh, ow)
+    if e.act == Act.PRELU:
+        case.act_weight = torch.rand(cout, generator=g) * 0.5
+    if e.act2 == Act.PRELU:
+        case.act2_weight = torch.rand(cout, generator=g) * 0.5
+    return case.to(dtype=dtype, device=device)
+
+
+def reference(case: LayerCase) -> torch.Tensor:
+    """The layer in float64 on the CPU, from the very same (rounded) inputs."""
+    c = case.to(dtype=torch.float64, device="cpu")
+    return reference_conv2d(c.x, c.weight, c.bias, c.extra, transposed=c.transposed, padding=c.padding,
+                            epilogue=c.epilogue, act_weight=c.act_weight, act2_weight=c.act2_weight)
+
+
+def max_rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """max |got - want| / max |want| in float64; inf if ``got`` has a non-finite element."""
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    if not torch.isfinite(got).all():
+        return float("inf")
+    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def assert_close(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
+    """Same shape, every element finite (an unwritten, NaN-poisoned element fails), and
+    max |got - want| <= rel * max |want|."""
+    assert tuple(got.shape) == tuple(want.shape), f"shape {tuple(got.shape)} != {tuple(want.shape)}"
+    bad = (~torch.isfinite(got.detach().cpu())).sum().item()
+    assert bad == 0, f"{bad} of {got.numel()} output elements are not finite (unwritten or overflowed)"
+    err = max_rel_error(got, want)
+    assert err <= rel, f"max relative error {err:.3e} > {rel:.1e}"
+
+
+def poisoned_nhwc(shape, dtype: torch.dtype, device="cpu") -> torch.Tensor:
+    """A NaN-filled dense NHWC ``[N, C, H, W]`` tensor (``stride(1) == 1`` even for one channel):
+    an output buffer in which every element a kernel fails to write stays NaN."""
+    n, c, h, w = shape
+    return torch.full((n, h, w, c), float("nan"), dtype=dtype, device=device).permute(0, 3, 1, 2)
+
+
+def kaiming_init_(model: nn.Module) -> nn.Module:
+    """He-normal weights and small biases: activations keep their scale through deep stacks."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.uniform_(m.bias, -0.01, 0.01)
+    return model
