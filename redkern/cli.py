@@ -260,7 +260,7 @@ def _restore(args) -> int:
     from .tiling import restore_file
 
     imageio.format_of(args.output, reading=False)  # the cheap checks first, then the model
-    imageio.check_target(args.output, args.overwrite)
+    imageio.check_target(args.output, args.overwrite, source=args.input)
     out_dtype = None if args.out_dtype == "same" else args.out_dtype
     with imageio.open_image(args.input) as reader:
         model, description = _build_model(args)

@@ -22,15 +22,26 @@ Nothing reaches the target path until it is complete: ``create_image`` fills a t
 file (or directory) beside it and ``os.replace``-s it into place on success; on any error or
 interrupt the temporary is removed and the target is left as it was. A write that fails (a
 full disk, a file-size limit) raises ``OutputNotWritable`` naming the target and the cause.
+
+What may be replaced (``overwrite=True``): a file, or a zarr store that redkern wrote (its
+attributes say so and it holds nothing but zarr's own files). Never a directory of anything
+else, and never the input (``source=``: the same path, a symlink or a hard link to it).
+
+A process killed outright (SIGKILL, a power cut) cannot remove its temporary. Temporaries are
+named ``.TARGET.PID-XXXXXXXX.part`` (and ``.old`` for a replaced zarr store moved aside), so
+``stale_temporaries(target)`` finds those whose process is gone, and the next
+``create_image`` of the same target removes them and logs each one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import mmap
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -38,9 +49,10 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["open_image", "create_image", "read_image", "write_image", "sample_path",
-           "check_target", "to_float", "from_float", "rgb_to_ycbcr", "ycbcr_to_rgb", "ChannelPlan",
+           "check_target", "stale_temporaries", "remove_stale_temporaries", "to_float", "from_float",
+           "rgb_to_ycbcr", "ycbcr_to_rgb", "ChannelPlan",
            "ImageError", "ImageNotFound", "UnsupportedFormat", "UnreadableImage",
-           "OutputExists", "OutputNotWritable", "SUFFIXES"]
+           "OutputExists", "OutputIsInput", "OutputNotWritable", "written_by_redkern", "SUFFIXES"]
 
 SUFFIXES = {".npy": "npy", ".tif": "tiff", ".tiff": "tiff", ".btf": "tiff", ".tf8": "tiff",
             ".zarr": "zarr", ".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg"}
@@ -48,6 +60,9 @@ BIGTIFF_SUFFIXES = (".btf", ".tf8")
 PIXEL_DTYPES = tuple(np.dtype(t) for t in ("uint8", "uint16", "float32", "float64"))
 INTEGER_MAX = {np.dtype("uint8"): 255, np.dtype("uint16"): 65535}
 ZARR_CHUNK = 512
+# Written into every zarr store redkern creates: what lets --overwrite recognise one.
+ZARR_WRITER_ATTRIBUTE = {"written_by": "redkern"}
+log = logging.getLogger("redkern")
 
 
 # --- errors: each says which file and what to do ------------------------------------------
@@ -75,6 +90,10 @@ class UnreadableImage(ImageError):
 
 class OutputExists(ImageError, FileExistsError):
     """The target exists and overwriting was not asked for."""
+
+
+class OutputIsInput(OutputExists):
+    """The target is the input image itself (by name, symlink or hard link): always refused."""
 
 
 class OutputNotWritable(ImageError):
@@ -502,13 +521,15 @@ def writable_dtype(fmt: str, dtype, channels: int, alpha: bool) -> str | None:
 
 @contextlib.contextmanager
 def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: bool = False,
-                 overwrite: bool = False, bigtiff: bool | None = None):
+                 overwrite: bool = False, bigtiff: bool | None = None, source=None):
     """A context manager giving an ``ImageWriter`` for a new ``height x width x channels``
     image at ``path``, published atomically when the block exits cleanly.
 
     The pixels go to a temporary beside ``path``; on success it is flushed to disk and
     ``os.replace``-d onto ``path``; on an error or interrupt it is removed and the exception
     goes on. ``bigtiff``: ``None`` chooses (``.btf``/``.tf8`` suffix or over 4 GB).
+    ``source``: the input image, which ``path`` must not be (``check_target``). Stale
+    temporaries of earlier runs to ``path`` whose process is gone are removed first.
     Raises ``UnsupportedFormat``, ``OutputExists`` or ``OutputNotWritable`` before any
     pixel is written.
     """
@@ -519,12 +540,13 @@ def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: 
     if why:
         raise UnsupportedFormat(f"{path}: {fmt} cannot store {why}; choose another output "
                                 "format (.tif, .npy, .zarr) or pixel type", path=path, reading=False)
-    check_target(path, overwrite)
+    check_target(path, overwrite, source=source)
     if fmt == "zarr":
         _require_zarr(path, reading=False)
     if fmt == "tiff" and bigtiff is None:
         bigtiff = path.suffix.lower() in BIGTIFF_SUFFIXES
-    temp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.part")
+    remove_stale_temporaries(path)
+    temp = _temporary(path, "part")
     pixels = None
     try:
         try:
@@ -537,7 +559,7 @@ def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: 
         except OSError as e:
             raise _write_failed(path, e) from e
         pixels.close()
-        check_target(path, overwrite)  # again: something may have appeared there meanwhile
+        check_target(path, overwrite, source=source)  # again: something may have appeared meanwhile
         _publish(temp, path)
     except BaseException:
         if pixels is not None:
@@ -547,12 +569,25 @@ def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: 
         raise
 
 
-def check_target(path, overwrite: bool = False) -> None:
-    """Raise ``OutputExists`` or ``OutputNotWritable`` unless a new image can go to ``path``."""
+def check_target(path, overwrite: bool = False, source=None) -> None:
+    """Raise ``OutputExists`` or ``OutputNotWritable`` unless a new image can go to ``path``.
+
+    With ``overwrite`` an existing file may be replaced, or a zarr store redkern wrote;
+    nothing else (a directory of other things is refused whatever it holds). ``path`` may
+    never be ``source`` (the input): not by name, symlink or hard link.
+    """
     path = Path(path)
+    if source is not None and _same_file(source, path):
+        raise OutputIsInput(f"{path}: is the input {source} itself; redkern never writes over its "
+                            "input, choose another output path", path=path, reading=False)
     if path.exists() or path.is_symlink():
         if not overwrite:
             raise OutputExists(f"{path}: exists; pass overwrite=True (--overwrite) to replace it",
+                               path=path, reading=False)
+        if path.is_dir() and not path.is_symlink() and not written_by_redkern(path):
+            raise OutputExists(f"{path}: is a directory that is not a zarr store written by redkern; "
+                               "overwrite replaces only files and redkern's own zarr outputs, so "
+                               "nothing was touched: choose another output path or remove it yourself",
                                path=path, reading=False)
     folder = path.parent
     if not folder.exists():
@@ -563,10 +598,95 @@ def check_target(path, overwrite: bool = False) -> None:
         raise OutputNotWritable(f"{path}: no permission to write in {folder}", path=path, reading=False)
 
 
+def _same_file(a, b) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing (or unreadable): they cannot be one file
+        return False
+
+
+_ZARR_METADATA = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}
+_ZARR_V2_CHUNK = re.compile(r"\d+(\.\d+)*")
+
+
+def written_by_redkern(path) -> bool:
+    """True for a zarr store redkern wrote: it opens as an array whose attributes name redkern,
+    and holds nothing but zarr's metadata and chunk files (v3 ``c/0/1/0``, v2 ``0.1.0``)."""
+    path = Path(path)
+    zarr = _zarr()
+    if zarr is None or not path.is_dir():
+        return False
+    try:
+        attrs = dict(zarr.open_array(str(path), mode="r").attrs)
+    except Exception:
+        return False
+    if any(attrs.get(k) != v for k, v in ZARR_WRITER_ATTRIBUTE.items()):
+        return False
+    for root, dirs, files in os.walk(path):
+        if any(Path(root, d).is_symlink() for d in dirs):
+            return False
+        for name in files:
+            parts = Path(root, name).relative_to(path).parts
+            if not (parts[0] in _ZARR_METADATA and len(parts) == 1
+                    or parts[0] == "c" and all(p.isdigit() for p in parts[1:]) and len(parts) > 1
+                    or len(parts) == 1 and _ZARR_V2_CHUNK.fullmatch(parts[0])):
+                return False
+    return True
+
+
+# --- temporaries ----------------------------------------------------------------------------
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.(part|old)")
+
+
+def _temporary(path: Path, kind: str) -> Path:
+    """A fresh temporary name beside ``path``: ``.NAME.PID-XXXXXXXX.KIND``."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.{kind}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def stale_temporaries(path) -> list[Path]:
+    """Temporaries of earlier runs to ``path`` whose process is no longer alive (killed
+    outright, or the machine went down); those of running processes are not listed."""
+    path = Path(path)
+    try:
+        entries = list(path.parent.iterdir())
+    except OSError:
+        return []
+    stale = []
+    for entry in entries:
+        m = _TEMPORARY.fullmatch(entry.name)
+        if m and m["name"] == path.name and int(m["pid"]) != os.getpid() and not _process_alive(int(m["pid"])):
+            stale.append(entry)
+    return sorted(stale)
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Remove ``stale_temporaries(path)``, logging each; returns what was removed."""
+    removed = []
+    for temp in stale_temporaries(path):
+        pid = _TEMPORARY.fullmatch(temp.name)["pid"]
+        _remove(temp)
+        if not temp.exists():
+            removed.append(temp)
+            log.warning("removed %s, a temporary left by an earlier run to %s that did not finish "
+                        "(its process %s is gone)", temp, Path(path).name, pid)
+    return removed
+
+
 def _publish(temp: Path, path: Path) -> None:
     if path.is_dir() or (temp.is_dir() and path.exists()):
         # os.replace cannot swap a directory for anything: move the old one aside first.
-        old = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.old")
+        old = _temporary(path, "old")
         os.replace(path, old)
         os.replace(temp, path)
         _remove(old)
@@ -615,6 +735,7 @@ def _create_zarr(temp, shape, dtype, alpha, bigtiff):
     zarr = _zarr()
     chunks = (min(ZARR_CHUNK, shape[0]), min(ZARR_CHUNK, shape[1])) + ((shape[2],) if shape[2] > 1 else ())
     array = zarr.open_array(str(temp), mode="w", shape=_stored_shape(shape), chunks=chunks, dtype=dtype)
+    array.attrs.update(ZARR_WRITER_ATTRIBUTE)
     pixels = _ArrayPixels(array)
     return pixels, pixels.finish
 

@@ -413,7 +413,7 @@ def restore_file(model, source, target, *, tile=512, halo: int | None = None, ba
                  reader.channels, reader.dtype, plan.describe())
         with imageio.create_image(target, reader.height, reader.width, reader.channels, plan.out_dtype,
                                   alpha=reader.alpha, overwrite=overwrite,
-                                  bigtiff=reader.bigtiff or None) as writer:
+                                  bigtiff=reader.bigtiff or None, source=reader.path) as writer:
             tiles = _FileTiles(reader, writer, plan)
             return run_tiled(model, tiles, tiles, tile=tile, halo=halo, batch=batch,
                              allow_inexact=allow_inexact, quiet=quiet)

@@ -170,6 +170,120 @@ def test_a_three_channel_model_on_a_grayscale_image_is_refused(tmp_path, capsys)
     assert not (tmp_path / "o.png").exists()
 
 
+# --- nothing lost: what --overwrite may replace, and never the input -----------------------
+
+def snapshot(root: Path) -> dict:
+    """Every file and directory under ``root`` (``root`` itself if a file), with file bytes."""
+    if root.is_file():
+        return {".": root.read_bytes()}
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else "dir")
+            for p in sorted(root.rglob("*"))}
+
+
+def a_tree(root: Path) -> Path:
+    """A directory of a user's things: files and a subfolder."""
+    (root / "sub").mkdir(parents=True)
+    (root / "notes.txt").write_text("precious")
+    (root / "sub" / "holiday.png").write_bytes(b"\x89PNG not really")
+    return root
+
+
+SMALL = ["--model", "red10", "--features", "4", "--quiet"]
+
+
+@pytest.mark.parametrize("name", ["photos.png", "data.npy", "res.zarr", "scan.tif"])
+def test_overwrite_refuses_a_directory_that_redkern_did_not_write(tmp_path, capsys, photo, name):
+    target = a_tree(tmp_path / name)
+    before, source = snapshot(target), photo.read_bytes()
+    code, err = main(capsys, "restore", photo, target, "--overwrite", *SMALL)
+    assert code == cli.EXIT_OUTPUT, err
+    assert "not a zarr store written by redkern" in err and "nothing was touched" in err
+    assert snapshot(target) == before and photo.read_bytes() == source
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["photo.png", name])
+
+
+def test_overwrite_refuses_zarr_stores_redkern_did_not_write_or_that_hold_more(tmp_path, capsys, photo):
+    zarr = pytest.importorskip("zarr")
+    foreign = tmp_path / "foreign.zarr"  # a real zarr array, but someone else's
+    zarr.open_array(str(foreign), mode="w", shape=(4, 4), dtype="u1")[:] = 7
+    ours = tmp_path / "ours.zarr"
+    assert main(capsys, "restore", photo, ours, *SMALL)[0] == 0
+    assert imageio.written_by_redkern(ours) and not imageio.written_by_redkern(foreign)
+    (ours / "c" / "README").write_text("a file someone put in the store")
+    for target in (foreign, ours):
+        before = snapshot(target)
+        code, err = main(capsys, "restore", photo, target, "--overwrite", *SMALL)
+        assert code == cli.EXIT_OUTPUT and "not a zarr store written by redkern" in err, err
+        assert snapshot(target) == before
+
+
+def test_overwrite_replaces_a_file_and_a_zarr_store_redkern_wrote(tmp_path, capsys, photo):
+    pytest.importorskip("zarr")
+    store = tmp_path / "out.zarr"
+    assert main(capsys, "restore", photo, store, *SMALL)[0] == 0
+    first = snapshot(store)
+    code, err = main(capsys, "restore", photo, store, "--overwrite", "--out-dtype", "float32", *SMALL)
+    assert code == 0, err
+    assert snapshot(store) != first and imageio.read_image(store).dtype == np.float32
+    (tmp_path / "out.png").write_bytes(b"old")
+    assert main(capsys, "restore", photo, tmp_path / "out.png", "--overwrite", *SMALL)[0] == 0
+    assert imageio.read_image(tmp_path / "out.png").shape == (67, 91, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png", "out.zarr", "photo.png"]
+
+
+@pytest.mark.parametrize("alias", ["same", "dotdot", "symlink", "hardlink"])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_the_input_is_never_the_output(tmp_path, capsys, rng, alias, overwrite):
+    src = tmp_path / "ok.npy"
+    np.save(src, rng.random((20, 30), dtype=np.float32))
+    (tmp_path / "sub").mkdir()
+    out = {"same": src, "dotdot": tmp_path / "sub" / ".." / "ok.npy", "symlink": tmp_path / "link.npy",
+           "hardlink": tmp_path / "hard.npy"}[alias]
+    if alias == "symlink":
+        out.symlink_to(src)
+    elif alias == "hardlink":
+        os.link(src, out)
+    before = src.read_bytes()
+    code, err = main(capsys, "restore", src, out, *SMALL, *(["--overwrite"] if overwrite else []))
+    assert code == cli.EXIT_OUTPUT, err
+    assert f"{out}: is the input {src} itself" in err and "--overwrite" not in err
+    assert src.read_bytes() == before and out.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_temporaries_of_a_killed_run_are_found_and_removed_by_the_next(tmp_path, rng):
+    src, out = tmp_path / "in.npy", tmp_path / "out.npy"
+    np.save(src, rng.random((600, 600), dtype=np.float32))
+    before = src.read_bytes()
+    child = subprocess.Popen([sys.executable, "-m", "redkern", "restore", str(src), str(out), "--model", "red30",
+                              "--features", "32", "--backend", "reference", "--tile", "128", "--quiet"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir())
+    deadline = time.monotonic() + 120
+    while not (parts := [p for p in tmp_path.iterdir() if p.name.endswith(".part")]):
+        assert child.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    child.kill()  # SIGKILL: no handler runs, the temporary stays
+    child.wait(timeout=60)
+    assert parts[0].exists() and parts[0].name.startswith(f".out.npy.{child.pid}-")
+    assert imageio.stale_temporaries(out) == parts
+    # Another output's stale temporary in the same folder is not this run's business.
+    other = tmp_path / f".other.npy.{child.pid}-0123abcd.part"
+    other.write_bytes(b"x")
+    done = run("restore", src, out, "--model", "red10", "--features", "4", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert f"removed {parts[0]}" in done.stderr and f"process {child.pid} is gone" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "in.npy", "out.npy"]
+    assert src.read_bytes() == before and imageio.read_image(out).shape == (600, 600, 1)
+
+
+def test_temporaries_of_a_running_process_are_left_alone(tmp_path):
+    live = tmp_path / f".out.npy.{os.getppid()}-0123abcd.part"
+    live.write_bytes(b"in use")
+    assert imageio.stale_temporaries(tmp_path / "out.npy") == []
+    assert imageio.remove_stale_temporaries(tmp_path / "out.npy") == [] and live.exists()
+
+
 # --- a full disk, a locked directory ---------------------------------------------------------
 
 def _file_size_limit(nbytes):
