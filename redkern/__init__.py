@@ -2,6 +2,8 @@
 
     import redkern
     model = redkern.RED30(fused=True)        # same state_dict as redkern.RED30()
+    fast = redkern.fuse(my_model)            # the same kernels for any network of convolutions
+    print(redkern.explain(fast))             # per layer: backend, algorithm, what was fused
     redkern.backends()                       # what was built here, and why not the rest
 """
 
@@ -11,9 +13,14 @@ __version__ = "0.1.0"
 
 from . import ops  # registers torch.ops.redkern.*
 from .backends.common import BackendUnavailable
+from .epilogue import Act, Epilogue, Residual
+from .fuse import fuse, is_fused
 from .fused import FusedREDNet
-from .models import RED10, RED20, RED30, REDNet, skip_pairs
+from .models import REDNet, skip_pairs
+from .plan import Plan, PlanError, plan
+from .report import explain
 from .tiling import InexactTilingWarning, restore_file, run_tiled, tiled
+from .zoo import RED10, RED20, RED30
 from . import pretrained  # redkern.pretrained("denoise"): the shipped weights (loaded on call)
 
 
@@ -27,4 +34,5 @@ def backends() -> dict[str, dict]:
 
 __all__ = ["REDNet", "FusedREDNet", "RED10", "RED20", "RED30", "skip_pairs", "backends",
            "BackendUnavailable", "ops", "__version__", "tiled", "restore_file", "run_tiled",
-           "InexactTilingWarning", "pretrained"]
+           "InexactTilingWarning", "pretrained", "fuse", "is_fused", "plan", "Plan", "PlanError",
+           "explain", "Epilogue", "Act", "Residual"]

@@ -109,10 +109,12 @@ class Epilogue:
     def decode(cls, act, slope, alpha, residual, beta, act2, slope2) -> "Epilogue":
         return cls(Act(act), alpha, Residual(residual), beta, Act(act2), slope, slope2)
 
-    def formula(self, conv: str = "conv", extra: str = "extra") -> str:
-        """The epilogue as arithmetic, e.g. ``relu(relu(conv + b) + extra)``."""
+    def formula(self, conv: str = "conv", extra: str = "extra", bias: str | None = "b") -> str:
+        """The epilogue as arithmetic, e.g. ``relu(relu(conv + b) + extra)`` (``bias=None``:
+        no bias term, as when ``conv`` already holds it)."""
         v = conv if self.alpha == 1 else f"{self.alpha:g} * {conv}"
-        v = f"{v} + b"
+        if bias is not None:
+            v = f"{v} + {bias}"
         scaled = extra if self.beta == 1 else f"{self.beta:g} * {extra}"
         if self.residual == Residual.BEFORE_ACT:
             v = f"{v} + {scaled}"

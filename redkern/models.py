@@ -11,10 +11,15 @@ stable: ``conv_1`` .. ``conv_n`` (``nn.Conv2d``) and ``deconv_1`` .. ``deconv_n`
 from __future__ import annotations
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["REDNet", "RED10", "RED20", "RED30", "skip_pairs"]
+from .validation import check_image_batch
+
+__all__ = ["REDNet", "skip_pairs"]
+
+torch.fx.wrap("check_image_batch")  # a leaf when traced: the layer plan keeps it as an input check
 
 SUPPORTED_DEPTHS = (10, 20, 30)
 
@@ -72,12 +77,15 @@ class REDNet(nn.Module):
 
     @property
     def receptive_field_radius(self) -> int:
-        """Pixels an output depends on in each direction: one per 3x3 layer (30 for RED30).
+        """Pixels an output depends on in each direction: one per 3x3 layer (30 for RED30),
+        read off the layer plan (``redkern.plan``). Skips tap shallower layers and do not
+        widen it. A tile halo of at least this many pixels makes tiled inference exact."""
+        radius = self.__dict__.get("_receptive_field_radius")
+        if radius is None:  # the structure is fixed at construction: plan once
+            from .plan import plan
 
-        Skips tap shallower layers and do not widen it. A tile halo of at least this many
-        pixels makes tiled inference exact.
-        """
-        return self.depth
+            radius = self.__dict__["_receptive_field_radius"] = plan(self).receptive_field_radius()
+        return radius
 
     def encoder(self, i: int) -> nn.Conv2d:
         return getattr(self, f"conv_{i}")
@@ -90,7 +98,6 @@ class REDNet(nn.Module):
                 f"skips={len(self.skips)}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .validation import check_image_batch
         check_image_batch(x, self.channels, self.conv_1.weight, "REDNet.forward")
         saved = {}
         h = x
@@ -104,28 +111,3 @@ class REDNet(nn.Module):
             if j in self.skips:
                 h = F.relu(h + saved[self.skips[j]])
         return self.decoder(self.n)(h) + x
-
-
-def _build(depth: int, channels: int, features: int, fused: bool, backend: str) -> nn.Module:
-    if fused:
-        from .fused import FusedREDNet
-        return FusedREDNet(depth, channels, features, backend=backend)
-    if backend != "auto":
-        raise ValueError(f"backend={backend!r} applies to the fused model only; "
-                         "pass fused=True or leave backend='auto'")
-    return REDNet(depth, channels, features)
-
-
-def RED10(channels: int = 1, features: int = 64, *, fused: bool = False, backend: str = "auto") -> nn.Module:
-    """RED10: 5 conv + 5 deconv layers, no skips. ``fused=True`` returns the fast model."""
-    return _build(10, channels, features, fused, backend)
-
-
-def RED20(channels: int = 1, features: int = 64, *, fused: bool = False, backend: str = "auto") -> nn.Module:
-    """RED20: 10 conv + 10 deconv layers, 4 skips. ``fused=True`` returns the fast model."""
-    return _build(20, channels, features, fused, backend)
-
-
-def RED30(channels: int = 1, features: int = 64, *, fused: bool = False, backend: str = "auto") -> nn.Module:
-    """RED30: 15 conv + 15 deconv layers, 7 skips. ``fused=True`` returns the fast model."""
-    return _build(30, channels, features, fused, backend)

@@ -1,12 +1,22 @@
-"""The three fused RED-Net ops, defined once as torch custom ops (``torch.ops.redkern.*``).
+"""The fused convolution as a torch custom op, defined once: ``torch.ops.redkern.conv2d_fused``.
 
-All are 3x3, stride 1, padding 1 (zeros at the image border), with bias:
+    y = torch.ops.redkern.conv2d_fused(x, weight, bias, extra, act_weight, act2_weight,
+                                       transposed, padding, act, slope, alpha, residual, beta,
+                                       act2, slope2, backend)
 
-- ``conv_relu(x, weight, bias)``: ``relu(conv2d(x, weight) + bias)``; ``weight`` in
-  ``nn.Conv2d`` layout ``[Cout, Cin, 3, 3]``.
-- ``deconv_relu(x, weight, bias, skip=None)``: ``r = relu(conv_transpose2d(x, weight) + bias)``,
-  and with a skip ``relu(r + skip)``; ``weight`` in ``nn.ConvTranspose2d`` layout
-  ``[Cin, Cout, 3, 3]``, so a model's own parameters pass unchanged.
+One stride-1 convolution of any kernel size (``weight`` in ``nn.Conv2d`` layout
+``[Cout, Cin, kh, kw]``, or with ``transposed`` ``nn.ConvTranspose2d`` layout
+``[Cin, Cout, kh, kw]``; ``padding`` ``[ph, pw]`` as those modules take it) followed by the
+epilogue of ``redkern.epilogue`` (``Epilogue.encode()`` gives the seven scalars):
+``v = alpha * conv + bias``, then ``act(v)``, ``act(v + beta * extra)`` or
+``act2(act(v) + beta * extra)``. ``bias`` may be None; ``extra`` is required exactly when the
+epilogue has a residual; ``act_weight``/``act2_weight`` are PReLU weights (1 or Cout values).
+
+The three RED-Net ops keep their schemas as thin wrappers over the same implementation:
+
+- ``conv_relu(x, weight, bias)``: ``relu(conv2d(x, weight) + bias)``, 3x3, padding 1;
+- ``deconv_relu(x, weight, bias, skip=None)``: ``relu(conv_transpose2d(x, weight) + bias)``,
+  and with a skip ``relu(. + skip)``;
 - ``deconv_residual(x, weight, bias, residual)``: ``conv_transpose2d(x, weight) + bias + residual``.
 
 Every op takes a trailing ``backend`` string: ``"auto"`` (CPU: our C++ kernels; CUDA: Triton,
@@ -15,171 +25,283 @@ cannot run raises ``BackendUnavailable`` with the reason; nothing falls back sil
 
 Outputs keep the input's memory format: a channels_last input (``x.stride(1) == 1``) gives a
 channels_last output, anything else a contiguous NCHW output. Gradients are registered for
-all inputs, computed with reference PyTorch ops, so fused models can be trained.
+every tensor input (computed with PyTorch's convolution backward and the epilogue's
+derivative), so fused models train.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from . import backends as _backends
-from .backends.common import Epilogue, is_channels_last
+from .backends.common import is_channels_last
+from .epilogue import (ADD_RESIDUAL, RELU, RELU_ADD_RELU, Act, Epilogue, Residual, activation,
+                       kernel_slopes, output_size, reference_conv2d)
 
-__all__ = ["conv_relu", "deconv_relu", "deconv_residual"]
+__all__ = ["conv2d_fused", "conv_relu", "deconv_relu", "deconv_residual", "check_conv_args"]
 
 
-def _check(name: str, x: Tensor, weight: Tensor, bias: Tensor, extra: Tensor | None,
-           transposed: bool, backend: str) -> int:
-    """Validate an op's arguments; return the output channel count."""
+def check_conv_args(where: str, x: Tensor, weight: Tensor, bias: Tensor | None, extra: Tensor | None,
+                    transposed: bool, padding, epilogue: Epilogue, act_weight=None, act2_weight=None,
+                    backend: str = "auto") -> tuple[int, int, int]:
+    """Validate one fused layer's arguments; return ``(Cout, OH, OW)``. Messages name the
+    input's and the weight's shapes and what would be allowed."""
     from .validation import check_image_batch
 
-    where = f"redkern.{name}"
     check_image_batch(x, None, weight, where)
     cin = x.shape[1]
-    expect = "[Cin, Cout, 3, 3] (ConvTranspose2d layout)" if transposed else "[Cout, Cin, 3, 3] (Conv2d layout)"
-    if weight.dim() != 4 or weight.shape[2:] != (3, 3) or weight.shape[1 if not transposed else 0] != cin:
-        raise ValueError(f"{where}: weight must be {expect} with Cin={cin} matching the input, "
-                         f"got {tuple(weight.shape)}")
-    cout = weight.shape[0 if not transposed else 1]
-    if bias.shape != (cout,):
-        raise ValueError(f"{where}: bias must have shape ({cout},), got {tuple(bias.shape)}")
-    if bias.device != x.device or bias.dtype != x.dtype:
-        raise ValueError(f"{where}: bias is {bias.dtype} on {bias.device}, input is {x.dtype} on {x.device}")
-    if extra is not None:
-        want = (x.shape[0], cout, x.shape[2], x.shape[3])
-        if tuple(extra.shape) != want:
-            raise ValueError(f"{where}: skip/residual must have shape {want}, got {tuple(extra.shape)}")
-        if extra.device != x.device or extra.dtype != x.dtype:
-            raise ValueError(f"{where}: skip/residual is {extra.dtype} on {extra.device}, "
-                             f"input is {x.dtype} on {x.device}")
+    layout = "[Cin, Cout, kh, kw] (ConvTranspose2d layout)" if transposed else "[Cout, Cin, kh, kw] (Conv2d layout)"
+    if weight.dim() != 4:
+        raise ValueError(f"{where}: weight must be 4-D {layout}, got shape {tuple(weight.shape)}")
+    w_cin, cout = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
+    if w_cin != cin:
+        raise ValueError(f"{where}: the weight {tuple(weight.shape)} ({layout}) takes {w_cin} input channels, "
+                         f"the input {tuple(x.shape)} has {cin}")
+    if min(weight.shape) < 1:
+        raise ValueError(f"{where}: the weight {tuple(weight.shape)} ({layout}) has an empty dimension; "
+                         "channels and kernel sizes must be >= 1")
+    kh, kw = weight.shape[2:]
+    if len(padding) != 2 or not all(isinstance(p, int) for p in padding):
+        raise ValueError(f"{where}: padding must be two integers [ph, pw], got {padding!r}")
+    ph, pw = padding
+    if not (0 <= ph <= kh - 1 and 0 <= pw <= kw - 1):
+        raise ValueError(f"{where}: padding {list(padding)} for a {kh}x{kw} kernel; the fused kernels take "
+                         f"0 <= padding <= kernel - 1 (0..{kh - 1}, 0..{kw - 1})")
+    oh, ow = output_size(x.shape[2], kh, ph, transposed), output_size(x.shape[3], kw, pw, transposed)
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{where}: a {kh}x{kw} kernel with padding {list(padding)} leaves no output of the "
+                         f"{x.shape[2]}x{x.shape[3]} input {tuple(x.shape)}")
+    for name, t, want in (("bias", bias, (cout,)), ("extra", extra, (x.shape[0], cout, oh, ow))):
+        if t is None:
+            continue
+        if tuple(t.shape) != want:
+            raise ValueError(f"{where}: {name} must have shape {want} for the input {tuple(x.shape)} and the "
+                             f"weight {tuple(weight.shape)}, got {tuple(t.shape)}")
+        if t.device != x.device or t.dtype != x.dtype:
+            raise ValueError(f"{where}: {name} is {t.dtype} on {t.device}, the input {x.dtype} on {x.device}")
+    if epilogue.needs_extra != (extra is not None):
+        raise ValueError(f"{where}: the epilogue {epilogue.formula()} "
+                         + ("needs an extra tensor" if epilogue.needs_extra else "takes no extra tensor"))
+    for name, act, t in (("act_weight", epilogue.act, act_weight), ("act2_weight", epilogue.act2, act2_weight)):
+        if act == Act.PRELU and t is None:
+            raise ValueError(f"{where}: PRELU needs {name} (1 or {cout} values)")
+        if t is not None and (act != Act.PRELU or t.numel() not in (1, cout) or t.device != x.device):
+            raise ValueError(f"{where}: {name} must be a PReLU weight of 1 or {cout} values on {x.device} "
+                             f"for act {act.name}, got shape {tuple(t.shape)} on {t.device}")
     if backend not in _backends.BACKEND_NAMES:
         raise ValueError(f"{where}: unknown backend {backend!r}; choose one of {_backends.BACKEND_NAMES}")
-    return cout
+    return cout, oh, ow
 
 
-def _output_strides(x: Tensor, cout: int) -> tuple[int, ...]:
+def _output_strides(x: Tensor, shape) -> tuple[int, ...]:
     """Strides of the output an op returns for input ``x``: its memory format, dense."""
-    n, _, h, w = x.shape
+    _, c, h, w = shape
     if is_channels_last(x):
-        return (h * w * cout, 1, w * cout, cout)
-    return (cout * h * w, h * w, w, 1)
+        return (h * w * c, 1, w * c, c)
+    return (c * h * w, h * w, w, 1)
 
 
-def _empty_output(x: Tensor, cout: int) -> Tensor:
-    shape = (x.shape[0], cout, x.shape[2], x.shape[3])
-    return torch.empty_strided(shape, _output_strides(x, cout), dtype=x.dtype, device=x.device)
+def _empty_output(x: Tensor, shape) -> Tensor:
+    return torch.empty_strided(shape, _output_strides(x, shape), dtype=x.dtype, device=x.device)
 
 
-def _run(name, x, weight, bias, extra, transposed, epilogue, backend):
-    cout = _check(name, x, weight, bias, extra, transposed, backend)
+def _forward(where, x, weight, bias, extra, act_weight, act2_weight, transposed, padding, epilogue, backend):
+    cout, oh, ow = check_conv_args(where, x, weight, bias, extra, transposed, padding, epilogue,
+                                   act_weight, act2_weight, backend)
     impl = _backends.resolve(backend, x.device)
-    y = impl.conv3x3(x, weight, bias, extra, transposed=transposed, epilogue=epilogue)
-    if y.stride() == _output_strides(x, cout):
+    if bias is None:
+        bias = torch.zeros(cout, dtype=x.dtype, device=x.device)
+    y = impl.conv2d(x, weight, bias, extra, transposed=transposed, padding=tuple(padding), epilogue=epilogue,
+                    slopes=kernel_slopes(epilogue.act, epilogue.slope, act_weight, cout, x.device),
+                    slopes2=kernel_slopes(epilogue.act2, epilogue.slope2, act2_weight, cout, x.device))
+    shape = (x.shape[0], cout, oh, ow)
+    if y.stride() == _output_strides(x, shape):
         return y
-    out = _empty_output(x, cout)  # backends write their own layout; give back the input's
+    out = _empty_output(x, shape)  # backends write NHWC; give back the input's memory format
     out.copy_(y)
     return out
 
 
-# --- the ops ------------------------------------------------------------------------------
+# --- the general op ---------------------------------------------------------------------------
+
+@torch.library.custom_op("redkern::conv2d_fused", mutates_args=())
+def conv2d_fused(x: Tensor, weight: Tensor, bias: Tensor | None, extra: Tensor | None,
+                 act_weight: Tensor | None, act2_weight: Tensor | None, transposed: bool,
+                 padding: list[int], act: int, slope: float, alpha: float, residual: int, beta: float,
+                 act2: int, slope2: float, backend: str = "auto") -> Tensor:
+    """One fused stride-1 convolution with its epilogue (see the module docstring)."""
+    e = Epilogue.decode(act, slope, alpha, residual, beta, act2, slope2)
+    return _forward("redkern.conv2d_fused", x, weight, bias, extra, act_weight, act2_weight, transposed,
+                    padding, e, backend)
+
+
+@conv2d_fused.register_fake
+def _(x, weight, bias, extra, act_weight, act2_weight, transposed, padding, act, slope, alpha, residual,
+      beta, act2, slope2, backend="auto"):
+    cout = weight.shape[1] if transposed else weight.shape[0]
+    kh, kw = weight.shape[2:]
+    shape = (x.shape[0], cout, output_size(x.shape[2], kh, padding[0], transposed),
+             output_size(x.shape[3], kw, padding[1], transposed))
+    return _empty_output(x, shape)
+
+
+# --- the three RED-Net ops: their schemas, the general implementation ---------------------------
+
+def _check_3x3(where, weight):
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3):
+        raise ValueError(f"{where}: weight must be a 3x3 kernel, got shape {tuple(weight.shape)} "
+                         "(use torch.ops.redkern.conv2d_fused for other sizes)")
+
 
 @torch.library.custom_op("redkern::conv_relu", mutates_args=())
 def conv_relu(x: Tensor, weight: Tensor, bias: Tensor, backend: str = "auto") -> Tensor:
     """``relu(conv2d(x, weight, bias, padding=1))`` in one fused pass."""
-    return _run("conv_relu", x, weight, bias, None, False, Epilogue.RELU, backend)
+    _check_3x3("redkern.conv_relu", weight)
+    return _forward("redkern.conv_relu", x, weight, bias, None, None, None, False, [1, 1], RELU, backend)
 
 
 @torch.library.custom_op("redkern::deconv_relu", mutates_args=())
 def deconv_relu(x: Tensor, weight: Tensor, bias: Tensor, skip: Tensor | None = None,
                 backend: str = "auto") -> Tensor:
     """``relu(conv_transpose2d(x, weight, bias, padding=1))``, then ``relu(. + skip)`` if given."""
-    epi = Epilogue.RELU if skip is None else Epilogue.RELU_ADD_RELU
-    return _run("deconv_relu", x, weight, bias, skip, True, epi, backend)
+    _check_3x3("redkern.deconv_relu", weight)
+    e = RELU if skip is None else RELU_ADD_RELU
+    return _forward("redkern.deconv_relu", x, weight, bias, skip, None, None, True, [1, 1], e, backend)
 
 
 @torch.library.custom_op("redkern::deconv_residual", mutates_args=())
 def deconv_residual(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor,
                     backend: str = "auto") -> Tensor:
     """``conv_transpose2d(x, weight, bias, padding=1) + residual`` (no activation)."""
-    return _run("deconv_residual", x, weight, bias, residual, True, Epilogue.ADD_RESIDUAL, backend)
+    _check_3x3("redkern.deconv_residual", weight)
+    return _forward("redkern.deconv_residual", x, weight, bias, residual, None, None, True, [1, 1],
+                    ADD_RESIDUAL, backend)
 
 
-# --- fake (meta) implementations: shapes, dtypes and memory formats only -----------------
-
-@conv_relu.register_fake
-def _(x, weight, bias, backend="auto"):
-    return _empty_output(x, weight.shape[0])
+def _fake_3x3(x, weight, transposed):
+    cout = weight.shape[1] if transposed else weight.shape[0]
+    return _empty_output(x, (x.shape[0], cout, x.shape[2], x.shape[3]))
 
 
-@deconv_relu.register_fake
-def _(x, weight, bias, skip=None, backend="auto"):
-    return _empty_output(x, weight.shape[1])
+conv_relu.register_fake(lambda x, weight, bias, backend="auto": _fake_3x3(x, weight, False))
+deconv_relu.register_fake(lambda x, weight, bias, skip=None, backend="auto": _fake_3x3(x, weight, True))
+deconv_residual.register_fake(lambda x, weight, bias, residual, backend="auto": _fake_3x3(x, weight, True))
 
 
-@deconv_residual.register_fake
-def _(x, weight, bias, residual, backend="auto"):
-    return _empty_output(x, weight.shape[1])
+# --- autograd -------------------------------------------------------------------------------
+
+def _act_grad(v: Tensor, act: Act, slope: float, weight: Tensor | None) -> Tensor:
+    """d act(v) / dv."""
+    if act == Act.IDENTITY:
+        return torch.ones_like(v)
+    if act == Act.RELU:
+        return (v > 0).to(v.dtype)
+    if act == Act.LEAKY_RELU:
+        return torch.where(v > 0, 1.0, slope).to(v.dtype)
+    if act == Act.PRELU:
+        w = weight.to(v.dtype).reshape(-1)
+        w = w.view(1, -1, 1, 1) if w.numel() > 1 else w.view(1, 1, 1, 1)
+        return torch.where(v > 0, torch.ones_like(v), w.expand_as(v))
+    if act == Act.TANH:
+        return 1 - torch.tanh(v) ** 2
+    raise ValueError(f"unknown activation {act!r}")
 
 
-# --- autograd, from reference PyTorch ops ------------------------------------------------
-
-def _conv_grads(grad_pre: Tensor, x: Tensor, weight: Tensor, transposed: bool, needs):
-    gx, gw, gb = torch.ops.aten.convolution_backward(
-        grad_pre, x, weight, [weight.shape[1] if transposed else weight.shape[0]],
-        [1, 1], [1, 1], [1, 1], transposed, [0, 0], 1, [needs[0], needs[1], needs[2]])
-    return gx, gw, gb
-
-
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*[t for t in inputs if isinstance(t, Tensor)], output)
-    ctx.has_extra = len(inputs) > 3 and isinstance(inputs[3], Tensor)
+def _prelu_weight_grad(g: Tensor, v: Tensor, weight: Tensor) -> Tensor:
+    """d loss / d PReLU weight, for ``g`` the gradient at PReLU's output and ``v`` its input."""
+    contrib = torch.where(v > 0, torch.zeros_like(v), g * v)
+    if weight.numel() == 1:
+        return contrib.sum().reshape(weight.shape).to(weight.dtype)
+    return contrib.sum(dim=(0, 2, 3)).reshape(weight.shape).to(weight.dtype)
 
 
-def _conv_relu_backward(ctx, grad):
-    x, weight, bias, y = ctx.saved_tensors
-    g = grad * (y > 0)
-    gx, gw, gb = _conv_grads(g, x, weight, False, ctx.needs_input_grad[:3])
+def _setup(ctx, inputs, output):
+    x, weight, bias, extra, act_weight, act2_weight, transposed, padding, *codes, backend = inputs
+    ctx.save_for_backward(x, weight, bias, extra, act_weight, act2_weight)
+    ctx.transposed, ctx.padding = transposed, list(padding)
+    ctx.epilogue = Epilogue.decode(*codes)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad):
+    return _grads(ctx, grad, ctx.needs_input_grad[:6]) + (None,) * 10
+
+
+def _grads(ctx, grad, needs):
+    """Gradients of ``(x, weight, bias, extra, act_weight, act2_weight)``: the pre-activations
+    recomputed with PyTorch's convolution, the epilogue's derivative chained into
+    ``aten.convolution_backward``."""
+    x, weight, bias, extra, act_weight, act2_weight = ctx.saved_tensors
+    e = ctx.epilogue
+    conv = reference_conv2d(x, weight, None, None, transposed=ctx.transposed, padding=ctx.padding,
+                            epilogue=Epilogue())
+    v = e.alpha * conv if e.alpha != 1 else conv
+    if bias is not None:
+        v = v + bias.view(1, -1, 1, 1)
+    if e.residual == Residual.BEFORE_ACT:
+        v = v + e.beta * extra
+    g_act_w = g_act2_w = g_extra = None
+    g = grad
+    if e.residual == Residual.AFTER_ACT:
+        u = activation(v, e.act, e.slope, act_weight) + e.beta * extra
+        if e.act2 == Act.PRELU:
+            g_act2_w = _prelu_weight_grad(g, u, act2_weight)
+        g = g * _act_grad(u, e.act2, e.slope2, act2_weight)
+        g_extra = e.beta * g
+    if e.act == Act.PRELU:
+        g_act_w = _prelu_weight_grad(g, v, act_weight)
+    g_v = g * _act_grad(v, e.act, e.slope, act_weight)
+    if e.residual == Residual.BEFORE_ACT:
+        g_extra = e.beta * g_v
+    cout = weight.shape[1] if ctx.transposed else weight.shape[0]
+    gx, gw, _ = torch.ops.aten.convolution_backward(
+        (e.alpha * g_v).contiguous(), x, weight, [cout], [1, 1], ctx.padding, [1, 1], ctx.transposed, [0, 0], 1,
+        [needs[0], needs[1], False])
+    g_bias = g_v.sum(dim=(0, 2, 3)) if ctx.has_bias and needs[2] else None
+    return (gx, gw, g_bias, g_extra if needs[3] else None, g_act_w if needs[4] else None,
+            g_act2_w if needs[5] else None)
+
+
+conv2d_fused.register_autograd(_backward, setup_context=_setup)
+
+
+def _wrapper_setup(transposed, epilogue_of):
+    def setup(ctx, inputs, output):
+        x, weight, bias = inputs[:3]
+        extra = inputs[3] if len(inputs) > 4 else None
+        ctx.save_for_backward(x, weight, bias, extra, None, None)
+        ctx.transposed, ctx.padding, ctx.has_bias = transposed, [1, 1], True
+        ctx.epilogue = epilogue_of(extra)
+        ctx.wrapper_arity = len(inputs)
+    return setup
+
+
+def _wrapper_backward(ctx, grad):
+    has_extra = ctx.wrapper_arity > 4
+    needs = tuple(ctx.needs_input_grad[:3]) + (has_extra and ctx.needs_input_grad[3], False, False)
+    gx, gw, gb, g_extra, *_ = _grads(ctx, grad, needs)
+    if ctx.wrapper_arity > 4:
+        return gx, gw, gb, g_extra, None
     return gx, gw, gb, None
 
 
-def _deconv_relu_backward(ctx, grad):
-    if ctx.has_extra:
-        x, weight, bias, skip, y = ctx.saved_tensors
-        g_skip = grad * (y > 0)
-        # r (before the skip) is not kept by the fused forward; recompute it.
-        r = F.relu(F.conv_transpose2d(x, weight, bias, padding=1))
-        g = g_skip * (r > 0)
-    else:
-        x, weight, bias, y = ctx.saved_tensors
-        g_skip = None
-        g = grad * (y > 0)
-    gx, gw, gb = _conv_grads(g, x, weight, True, ctx.needs_input_grad[:3])
-    return gx, gw, gb, g_skip, None
+conv_relu.register_autograd(_wrapper_backward, setup_context=_wrapper_setup(False, lambda e: RELU))
+deconv_relu.register_autograd(_wrapper_backward, setup_context=_wrapper_setup(
+    True, lambda skip: RELU if skip is None else RELU_ADD_RELU))
+deconv_residual.register_autograd(_wrapper_backward, setup_context=_wrapper_setup(True, lambda r: ADD_RESIDUAL))
 
 
-def _deconv_residual_backward(ctx, grad):
-    x, weight, bias, residual, y = ctx.saved_tensors
-    gx, gw, gb = _conv_grads(grad.contiguous(), x, weight, True, ctx.needs_input_grad[:3])
-    return gx, gw, gb, grad, None
-
-
-conv_relu.register_autograd(_conv_relu_backward, setup_context=_save_inputs)
-deconv_relu.register_autograd(_deconv_relu_backward, setup_context=_save_inputs)
-deconv_residual.register_autograd(_deconv_residual_backward, setup_context=_save_inputs)
-
-
-# --- the reference semantics, used by tests and benchmarks -------------------------------
+# --- the reference semantics of the RED-Net ops, used by tests and benchmarks -----------------
 
 def reference_conv_relu(x, weight, bias):
-    return F.relu(F.conv2d(x, weight, bias, padding=1))
+    return reference_conv2d(x, weight, bias, epilogue=RELU)
 
 
 def reference_deconv_relu(x, weight, bias, skip=None):
-    r = F.relu(F.conv_transpose2d(x, weight, bias, padding=1))
-    return r if skip is None else F.relu(r + skip)
+    return reference_conv2d(x, weight, bias, skip, transposed=True,
+                            epilogue=RELU if skip is None else RELU_ADD_RELU)
 
 
 def reference_deconv_residual(x, weight, bias, residual):
-    return F.conv_transpose2d(x, weight, bias, padding=1) + residual
+    return reference_conv2d(x, weight, bias, residual, transposed=True, epilogue=ADD_RESIDUAL)

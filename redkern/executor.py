@@ -1,0 +1,421 @@
+"""The one executor of layer plans (``redkern.plan``), three ways through the same steps.
+
+- ``"ops"``: every fused step is one ``torch.ops.redkern.conv2d_fused`` call. For autograd,
+  tracing, ``torch.compile(fullgraph=True)`` and fake/meta tensors, which only the custom op's
+  fake implementation and gradients understand.
+- ``"kernels"``: eager inference (no gradient needed). The backend's kernel is called directly
+  with its output in a feature map from a ``BufferPool``: no op dispatch, and on the CPU the maps
+  of the previous call of the same shape are reused (a fresh 256 MiB map costs a page fault per
+  4 KiB the kernel first writes: a third of RED30's time at 1024x1024). A map goes back to the
+  pool after the last step that reads it (``Plan.last_uses``).
+- ``"torch"``: plain PyTorch (``F.conv2d`` and the epilogue's reference), every transposed
+  convolution as the equivalent ``F.conv2d``: the plan's semantics, and the conv-only form the
+  ONNX Runtime and OpenVINO peers are exported from (``as_module``).
+
+PyTorch steps (``TorchStep``) run as PyTorch runs them in every mode. A fused step whose
+BatchNorm is in training mode runs its original modules (batch statistics cannot be folded).
+Which backend runs each fused step is resolved once per device and dtype (``LayerBackends``):
+``"auto"`` takes the device's preferred backend that can run the layer and, where none can, runs
+the layer in PyTorch and says so in the plan report; a named backend that cannot run a layer
+raises ``BackendUnavailable`` naming the layer.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import backends as _backends
+from .backends.common import BackendUnavailable, WeightCache, conv_weight, is_channels_last, to_nhwc
+from .epilogue import apply_epilogue, kernel_slopes, output_size
+from .plan import ConvStep, Plan, TorchStep, substitute
+
+__all__ = ["run", "needs_ops", "BufferPool", "LayerBackends", "as_module", "MODES"]
+
+MODES = ("ops", "kernels", "torch")
+PREFERRED = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+
+
+def needs_ops(inputs, parameters) -> bool:
+    """True when a call must go through the custom ops: autograd, tracing, compiling, or
+    fake/meta tensors, which only the ops' fake implementations understand."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return True
+    tensors = [t for t in inputs if isinstance(t, Tensor)]
+    if any(t.device.type == "meta" or type(t) is not torch.Tensor for t in tensors):
+        return True
+    if torch.is_grad_enabled() and (any(t.requires_grad for t in tensors) or any(p.requires_grad for p in parameters)):
+        return True
+    return False
+
+
+# --- which backend runs each layer ---------------------------------------------------------------
+
+class LayerBackends:
+    """Per fused step, the backend module that runs it on a device and dtype, or ``None`` where
+    it runs in PyTorch (``"auto"`` only), with the reason; resolved once per (device, dtype)."""
+
+    def __init__(self, plan: Plan, backend: str):
+        if backend not in _backends.BACKEND_NAMES:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {_backends.BACKEND_NAMES}")
+        self.plan, self.backend = plan, backend
+        self._cache: dict = {}
+        self._lock = threading.Lock()
+
+    def for_call(self, device: torch.device, dtype: torch.dtype) -> dict[int, tuple]:
+        """``{step index: (backend name, module, algorithm label)}``; the module is ``None``
+        (with the reason as the label) where the step runs in PyTorch."""
+        key = (device.type, device.index, dtype)
+        hit = self._cache.get(key)
+        if hit is None:
+            with self._lock:
+                hit = self._cache.get(key) or self._resolve(device, dtype)
+                self._cache[key] = hit
+        return hit
+
+    def _resolve(self, device: torch.device, dtype: torch.dtype) -> dict[int, tuple]:
+        names = PREFERRED.get(device.type, ()) if self.backend == "auto" else (self.backend,)
+        if self.backend == "auto" and not names:
+            raise BackendUnavailable(f"redkern has no kernels for device type {device.type!r} (supported: cpu, cuda)")
+        usable = []
+        for name in names:
+            mod = _backends._load(name)
+            try:
+                mod.check_can_run(device)
+            except BackendUnavailable as e:
+                if self.backend != "auto":
+                    raise
+                why = str(e)
+                continue
+            usable.append((name, mod))
+        if not usable:
+            raise BackendUnavailable(f"no backend can run on {device}: {why}")
+        _check_dtype(usable, dtype)
+        chosen = {}
+        for i, step in enumerate(self.plan.steps):
+            if not isinstance(step, ConvStep):
+                continue
+            reasons = []
+            for name, mod in usable:
+                try:
+                    label = mod.algorithm(step.in_channels, step.out_channels, step.kernel, step.padding,
+                                          step.transposed, dtype)
+                except BackendUnavailable as e:
+                    reasons.append(f"{name}: {e}")
+                    continue
+                chosen[i] = (name, mod, label)
+                break
+            else:
+                if self.backend != "auto":
+                    raise BackendUnavailable(f"{step.name} ({step.describe()}, {step.in_channels} -> "
+                                             f"{step.out_channels}): {'; '.join(reasons)}")
+                chosen[i] = ("pytorch", None, "; ".join(reasons))
+        return chosen
+
+
+def _check_dtype(usable, dtype):
+    """A dtype no backend here takes is an error for the whole model, never a quiet fallback."""
+    for name, mod in usable:
+        if dtype in mod.supported_dtypes():
+            return
+    takes = sorted({str(d).removeprefix("torch.") for _, mod in usable for d in mod.supported_dtypes()})
+    raise TypeError(f"the {'/'.join(n for n, _ in usable)} kernels take {', '.join(takes)}, got {dtype}; "
+                    "convert the model and input (model.to(dtype)) or use the reference model")
+
+
+# --- effective weights of a step -----------------------------------------------------------------
+
+_derived = WeightCache()
+
+
+def _step_weights(step: ConvStep, dtype: torch.dtype, cached: bool) -> tuple[Tensor, Tensor]:
+    """``(weight, bias)`` with BatchNorm and the bias scale folded in, in ``dtype``; a zero bias
+    where the layer has none. ``cached``: reuse the folded tensors while no source changed (for
+    inference; the sources' versions key the cache, so an optimizer step or load is seen)."""
+    w, b = step.conv.weight, step.conv.bias
+    derived = step.bn is not None or step.bias_scale != 1 or b is None or w.dtype != dtype
+    if not derived:
+        return w, b
+    if not cached:
+        return _fold(step, dtype)
+    sources = [t for t in (w, b, *(_bn_tensors(step.bn) if step.bn is not None else ())) if t is not None]
+    return _derived.get(sources[0], ("step", id(step), dtype, tuple((id(t), t._version) for t in sources[1:])),
+                        lambda: tuple(t.detach() for t in _fold(step, dtype)))
+
+
+def _bn_tensors(bn):
+    return [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
+
+
+def _fold(step: ConvStep, dtype):
+    w, b = step.weights()
+    if b is None:
+        b = torch.zeros(step.out_channels, dtype=w.dtype, device=w.device)
+    return w.to(dtype), b.to(dtype)
+
+
+# --- running a plan ------------------------------------------------------------------------------
+
+def run(plan: Plan, root: nn.Module, inputs: tuple, *, backend: str = "auto", mode: str | None = None,
+        layers: LayerBackends | None = None, pool: "BufferPool | None" = None):
+    """Run ``plan`` (made from ``root``) on ``inputs``; returns the module's output structure.
+
+    ``mode``: one of ``MODES``, by default ``"ops"`` where ``needs_ops`` says so, else
+    ``"kernels"``. ``layers``: the per-layer backends (made from ``backend`` if not given);
+    ``pool``: feature maps kept between ``"kernels"`` calls.
+    """
+    if mode is None:
+        mode = "ops" if needs_ops(inputs, root.parameters()) else "kernels"
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if len(inputs) != len(plan.inputs):
+        raise TypeError(f"{plan.root}.forward takes {len(plan.inputs)} input(s), got {len(inputs)}")
+    env = dict(zip(plan.inputs, inputs))
+    first = next((t for t in inputs if isinstance(t, Tensor)), None)
+    if mode == "torch":
+        for step in plan.steps:
+            env[step.dst] = _run_torch_step(step, env, root) if isinstance(step, TorchStep) else _conv_torch(step, env)
+        return substitute(plan.output, env)
+    if layers is None:
+        layers = LayerBackends(plan, backend)
+    chosen = layers.for_call(first.device, first.dtype) if plan.conv_steps else {}
+    if mode == "ops":
+        return _run_ops(plan, root, env, chosen, first)
+    return _run_kernels(plan, root, env, chosen, first, pool)
+
+
+def _run_torch_step(step: TorchStep, env, root):
+    if step.kind == "get_attr":
+        return root.get_parameter(step.target) if _is_parameter(root, step.target) else _fetch(root, step.target)
+    args, kwargs = substitute(step.args, env), substitute(step.kwargs, env)
+    if step.kind == "call_method":
+        return getattr(args[0], step.target)(*args[1:], **kwargs)
+    return step.target(*args, **kwargs)
+
+
+def _is_parameter(root, path):
+    owner, _, name = path.rpartition(".")
+    return name in (root.get_submodule(owner) if owner else root)._parameters
+
+
+def _fetch(root, path):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _conv_unfused(step: ConvStep, env):
+    """The step as its original modules run: the only exact way with a training-mode BatchNorm."""
+    y = step.conv(env[step.src])
+    if step.bn is not None:
+        y = step.bn(y)
+    extra = env[step.extra] if step.extra is not None else None
+    return apply_epilogue(y, None, extra, step.epilogue, step.act_weight, step.act2_weight)
+
+
+def _conv_torch(step: ConvStep, env):
+    """The step in plain PyTorch, every convolution a ``F.conv2d``."""
+    if step.folds_batchnorm_in_training:
+        return _conv_unfused(step, env)
+    x = env[step.src]
+    w, b = step.weights()
+    (kh, kw), (ph, pw) = step.kernel, step.padding
+    if step.transposed:  # the equivalent convolution: window flipped, channels swapped
+        w, ph, pw = conv_weight(w, True), kh - 1 - ph, kw - 1 - pw
+    conv = F.conv2d(x, w.to(x.dtype), None, padding=(ph, pw))
+    extra = env[step.extra] if step.extra is not None else None
+    return apply_epilogue(conv, None if b is None else b.to(x.dtype), extra, step.epilogue,
+                          step.act_weight, step.act2_weight)
+
+
+def _fused_inputs(plan: Plan, chosen) -> set[int]:
+    """Values read by fused steps that run our kernels."""
+    return {v for i, s in enumerate(plan.steps) if i in chosen and chosen[i][1] is not None for v in s.reads}
+
+
+def _to_input_format(y, like: Tensor | None):
+    if isinstance(y, Tensor) and y.dim() == 4 and like is not None and not is_channels_last(like):
+        return y.contiguous()
+    return y
+
+
+def _run_ops(plan: Plan, root, env, chosen, first):
+    ops = torch.ops.redkern
+    produced_by_kernel = set()
+    for v in _fused_inputs(plan, chosen) & set(plan.inputs):  # NHWC once, not per layer
+        if isinstance(env[v], Tensor) and env[v].dim() == 4:
+            env[v] = to_nhwc(env[v])
+    for i, step in enumerate(plan.steps):
+        if isinstance(step, TorchStep):
+            env[step.dst] = _run_torch_step(step, env, root)
+            continue
+        name, mod, _ = chosen[i]
+        if mod is None or step.folds_batchnorm_in_training:
+            env[step.dst] = _conv_unfused(step, env)
+            continue
+        x = env[step.src]
+        w, b = _step_weights(step, x.dtype, cached=False)
+        e = step.epilogue
+        env[step.dst] = ops.conv2d_fused(
+            x, w, b, env[step.extra] if step.extra is not None else None, step.act_weight, step.act2_weight,
+            step.transposed, list(step.padding), *e.encode(), name)
+        produced_by_kernel.add(step.dst)
+    out = substitute(plan.output, {**env, **{v: _to_input_format(env[v], first) for v in produced_by_kernel}})
+    return out
+
+
+def _run_kernels(plan: Plan, root, env, chosen, first, pool):
+    pooled = pool is not None and first.device.type == "cpu"  # CUDA's caching allocator already reuses memory
+    signature = tuple((tuple(t.shape), t.dtype, t.device) if isinstance(t, Tensor) else None
+                      for t in (env[v] for v in plan.inputs))
+    maps = _CallMaps(pool.take(signature) if pooled else {})
+    dying: dict[int, list[int]] = {}
+    for v, i in plan.last_uses().items():
+        if v not in plan.inputs:
+            dying.setdefault(i, []).append(v)
+    for i, step in enumerate(plan.steps):
+        if isinstance(step, TorchStep):
+            env[step.dst] = _run_torch_step(step, env, root)
+            maps.adopt(step.dst, env[step.dst])
+        elif chosen[i][1] is None or step.folds_batchnorm_in_training:
+            env[step.dst] = _conv_unfused(step, env)
+            maps.adopt(step.dst, env[step.dst])
+        else:
+            x = env[step.src]
+            (kh, kw), (ph, pw) = step.kernel, step.padding
+            shape = (x.shape[0], step.out_channels, output_size(x.shape[2], kh, ph, step.transposed),
+                     output_size(x.shape[3], kw, pw, step.transposed))
+            out = maps.new(step.dst, shape, x.dtype, x.device)
+            w, b = _step_weights(step, x.dtype, cached=True)
+            e = step.epilogue
+            chosen[i][1].conv2d(
+                x, w, b, env[step.extra] if step.extra is not None else None,
+                transposed=step.transposed, padding=step.padding, epilogue=e,
+                slopes=kernel_slopes(e.act, e.slope, step.act_weight, step.out_channels, x.device),
+                slopes2=kernel_slopes(e.act2, e.slope2, step.act2_weight, step.out_channels, x.device), out=out)
+            env[step.dst] = out
+        for v in dying.get(i, ()):
+            maps.release(v)
+            env.pop(v, None)
+    results = {}
+    for v in plan.output_values:
+        if maps.holds(v):  # made in a pooled map: converted (a copy), or the caller keeps the map
+            results[v] = _to_input_format(env[v], first)
+            if results[v] is env[v]:
+                maps.hand_over(v)
+    out = substitute(plan.output, {**env, **results})
+    for v in plan.output_values:
+        maps.release(v)
+    if pooled:
+        pool.put(signature, maps.free)
+    return out
+
+
+class _CallMaps:
+    """The pooled feature maps of one inference call, and which live values view each of them:
+    a map is free again once no live value views it (a PyTorch step may return a view)."""
+
+    def __init__(self, free: dict):
+        self.free = free                      # (shape, dtype, device) -> [maps]
+        self._maps: dict[int, Tensor] = {}    # storage address -> map in use
+        self._views: dict[int, int] = {}      # storage address -> live values viewing it
+        self._of: dict[int, list[int]] = {}   # value -> storage addresses it views
+        self._kept: set[int] = set()          # maps handed to the caller
+
+    def new(self, value: int, shape, dtype, device) -> Tensor:
+        stack = self.free.get((shape, dtype, device))
+        if stack:
+            m = stack.pop()
+        else:
+            n, c, h, w = shape  # dense NHWC, stride(1) == 1 even for one channel
+            m = torch.empty((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
+        key = _storage_key(m)
+        self._maps[key], self._views[key], self._of[value] = m, 1, [key]
+        return m
+
+    def adopt(self, value: int, result) -> None:
+        for t in _tensors(result):
+            key = _storage_key(t)
+            if key in self._maps:
+                self._of.setdefault(value, []).append(key)
+                self._views[key] += 1
+
+    def holds(self, value: int) -> bool:
+        return value in self._of
+
+    def hand_over(self, value: int) -> None:
+        self._kept.update(self._of.get(value, ()))
+
+    def release(self, value: int) -> None:
+        for key in self._of.pop(value, ()):
+            self._views[key] -= 1
+            if self._views[key] == 0 and key not in self._kept:
+                m = self._maps.pop(key)
+                self.free.setdefault((tuple(m.shape), m.dtype, m.device), []).append(m)
+
+
+def _tensors(value):
+    if isinstance(value, Tensor):
+        yield value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            yield from _tensors(v)
+
+
+def _storage_key(t: Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+class BufferPool:
+    """Feature maps kept between inference calls, for the most recent input signature only.
+
+    ``take`` hands a call the whole free list for its signature (a concurrent call of the same
+    signature finds none and allocates its own, so no two calls share a map); ``put`` gives it
+    back afterwards, replacing whatever another signature left. Not part of a model's state:
+    models drop it when pickled or copied.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._key, self._maps = None, {}
+
+    def take(self, key) -> dict:
+        with self._lock:
+            if key != self._key:
+                return {}
+            maps, self._maps = self._maps, {}
+            return maps
+
+    def put(self, key, maps: dict) -> None:
+        with self._lock:
+            self._key, self._maps = key, maps
+
+    def clear(self) -> None:
+        with self._lock:
+            self._key, self._maps = None, {}
+
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(m.untyped_storage().nbytes() for stack in self._maps.values() for m in stack)
+
+
+class _PlanModule(nn.Module):
+    """A plan run in ``"torch"`` mode as a module (for ``torch.onnx.export`` and OpenVINO)."""
+
+    def __init__(self, root: nn.Module, plan: Plan):
+        super().__init__()
+        self.root = root
+        self.plan = plan
+
+    def forward(self, *inputs):
+        return run(self.plan, self.root, inputs, mode="torch")
+
+
+def as_module(plan: Plan, root: nn.Module) -> nn.Module:
+    """The plan as a module of plain PyTorch operations, transposed stride-1 convolutions as
+    ``F.conv2d``: the conv-only form ONNX Runtime and OpenVINO run fastest."""
+    return _PlanModule(root, plan).eval()

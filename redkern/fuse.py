@@ -1,0 +1,152 @@
+"""``redkern.fuse(module)``: the same module, its convolutions run by the fused kernels.
+
+    fast = redkern.fuse(model)              # same parameters (shared), same state_dict keys
+    fast(x)                                 # equals model(x) to float rounding
+    print(redkern.explain(fast))            # per layer: backend, algorithm, what was fused
+
+The module's ``forward`` is traced once into a layer plan (``redkern.plan``); the fused module
+runs that plan with the one executor (``redkern.executor``). Everything that is not a fusable
+convolution runs as PyTorch runs it, and the report says so. A module whose ``forward`` does not
+trace whole (Python control flow on values, NumPy on shapes...) keeps its own ``forward`` and
+is fused part by part: each child that traces is fused, each that does not is descended into,
+and ``explain`` shows where tracing stopped and why.
+
+The fused module is an instance of a subclass of the module's own class, sharing its
+submodules and parameters: ``isinstance`` checks, attributes and methods still work, and
+``load_state_dict``, ``.to()``, ``.eval()`` and hooks act on the shared parameters. Its plan,
+per-layer backends and pooled feature maps are not state: pickling, ``copy.deepcopy`` and
+``torch.save`` drop them, and the copy makes its own (and is fused again on loading).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+from . import backends as _backends
+from .executor import BufferPool, LayerBackends, run
+from .plan import RUNTIME_ATTRIBUTES, Plan, PlanError, own_containers, plan as make_plan, reference_view
+
+__all__ = ["fuse", "FusedForward", "is_fused"]
+
+_RUNTIME, _BACKEND = RUNTIME_ATTRIBUTES  # plan, backends and pooled maps; the backend asked for
+_UNTRACED = "_redkern_untraced"  # why a partly fused module's own forward did not trace
+
+
+class _Runtime:
+    def __init__(self, plan: Plan, backend: str):
+        self.plan = plan
+        self.layers = LayerBackends(plan, backend)
+        self.pool = BufferPool()
+
+
+class FusedForward:
+    """Mixin: ``forward`` runs the plan of the reference class's ``forward`` (the class this
+    one derives from, ``_redkern_reference_class``) through the executor."""
+
+    _redkern_reference_class: type
+    _redkern_dynamic = False  # a class made by fuse(), which pickle cannot find by name
+
+    @property
+    def backend(self) -> str:
+        """The backend asked for: ``"auto"`` or a name from ``redkern.backends()``."""
+        return self.__dict__.get(_BACKEND, "auto")
+
+    def forward(self, *inputs):
+        rt = self._redkern_runtime_state()
+        return run(rt.plan, self, inputs, backend=self.backend, layers=rt.layers, pool=rt.pool)
+
+    @property
+    def plan(self) -> Plan:
+        """The layer plan this module runs (``print`` it to see every step)."""
+        return self._redkern_runtime_state().plan
+
+    def release_buffers(self) -> None:
+        """Free the feature maps kept from the last inference call."""
+        rt = self.__dict__.get(_RUNTIME)
+        if rt is not None:
+            rt.pool.clear()
+
+    def _redkern_runtime_state(self) -> _Runtime:
+        rt = self.__dict__.get(_RUNTIME)
+        if rt is None:  # first call, or a copy restored by pickle or deepcopy
+            rt = self.__dict__.setdefault(_RUNTIME, _Runtime(make_plan(reference_view(self)), self.backend))
+        return rt
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state.pop(_RUNTIME, None)
+        return state
+
+    def __reduce_ex__(self, protocol):
+        if type(self)._redkern_dynamic:
+            return (_fuse_again, (reference_view(self, detach=True), self.backend))
+        return super().__reduce_ex__(protocol)
+
+
+def _fuse_again(module: nn.Module, backend: str) -> nn.Module:
+    return fuse(module, backend=backend)
+
+
+_CLASSES: dict[type, type] = {}
+
+
+def _fused_class(cls: type) -> type:
+    if issubclass(cls, FusedForward):
+        return cls
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(f"Fused{cls.__name__}", (FusedForward, cls),
+                             {"__module__": cls.__module__, "_redkern_reference_class": cls,
+                              "_redkern_dynamic": True,
+                              "__doc__": f"{cls.__name__} run through redkern's fused kernels (redkern.fuse)."})
+    return _CLASSES[cls]
+
+
+def is_fused(module: nn.Module) -> bool:
+    """Whether ``module`` (or, for a partly fused one, any part of it) runs fused kernels."""
+    return any(isinstance(m, FusedForward) for m in module.modules())
+
+
+def fuse(module: nn.Module, *, backend: str = "auto", example_inputs=None) -> nn.Module:
+    """``module`` with its convolutions run by redkern's fused kernels (see the module docstring).
+
+    ``backend``: ``"auto"`` (per layer, the device's preferred backend that can run it, else
+    PyTorch, as the report says) or a name from ``redkern.backends()`` (every fused layer on
+    it, or ``BackendUnavailable`` naming the layer it cannot run). ``example_inputs``: as for
+    ``redkern.plan``. Returns a new module sharing ``module``'s parameters; ``module`` itself
+    is left as it was.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"fuse: expected an nn.Module, got {type(module).__name__}")
+    if backend not in _backends.BACKEND_NAMES:
+        raise ValueError(f"fuse: unknown backend {backend!r}; choose one of {_backends.BACKEND_NAMES}")
+    if isinstance(module, FusedForward):
+        module = reference_view(module, detach=True)
+    try:
+        plan = make_plan(module, example_inputs)
+    except PlanError as e:
+        return _fuse_parts(module, backend, str(e))
+    fused = copy.copy(module)
+    own_containers(fused)
+    fused.__class__ = _fused_class(type(module))
+    fused.__dict__[_BACKEND] = backend
+    fused.__dict__[_RUNTIME] = _Runtime(plan, backend)
+    return fused
+
+
+def _fuse_parts(module: nn.Module, backend: str, why: str) -> nn.Module:
+    """``module`` with its own forward, each child that holds a convolution fused."""
+    whole = copy.copy(module)
+    own_containers(whole)
+    whole.__dict__[_UNTRACED] = why
+    for name, child in module.named_children():
+        if any(isinstance(m, nn.modules.conv._ConvNd) for m in child.modules()):
+            whole._modules[name] = fuse(child, backend=backend)
+    return whole
+
+
+def untraced_reason(module: nn.Module) -> str | None:
+    """Why ``fuse`` had to fuse this module part by part, or None."""
+    return module.__dict__.get(_UNTRACED)
+
