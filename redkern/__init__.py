@@ -14,10 +14,10 @@ __version__ = "0.1.0"
 from . import ops  # registers torch.ops.redkern.*
 from .backends.common import BackendUnavailable
 from .epilogue import Act, Epilogue, Residual
-from .fuse import fuse, is_fused
+from .fusion import fuse, is_fused
 from .fused import FusedREDNet
 from .models import REDNet, skip_pairs
-from .plan import Plan, PlanError, plan
+from .layer_plan import Plan, PlanError, plan
 from .report import explain
 from .tiling import InexactTilingWarning, restore_file, run_tiled, tiled
 from .zoo import RED10, RED20, RED30

@@ -16,24 +16,28 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .backends.common import conv_weight
-from .models import REDNet
+from .executor import as_module
+from .layer_plan import plan, reference_view
+from .testing import kaiming_init_, max_rel_error
+
+__all__ = ["conv_flops", "model_flops", "cpu_model_name", "max_rel_error", "kaiming_init_", "median_seconds",
+           "as_conv_only", "Peer", "torch_peers", "onnxruntime_peer", "openvino_peers", "fp64_reference"]
 
 
-def conv_flops(n: int, h: int, w: int, cin: int, cout: int) -> int:
-    """Multiply-adds x 2 of one direct 3x3 convolution (stride 1, 'same' size)."""
-    return 2 * 9 * n * h * w * cin * cout
+def conv_flops(n: int, h: int, w: int, cin: int, cout: int, kernel: int = 3) -> int:
+    """Multiply-adds x 2 of one direct KxK convolution (stride 1, 'same' size)."""
+    return 2 * kernel * kernel * n * h * w * cin * cout
 
 
-def model_flops(model: REDNet, n: int, h: int, w: int) -> int:
-    """Direct-convolution FLOPs of one forward pass (2.07 MFLOP per pixel for RED30-64)."""
-    total = 0
-    for i in range(1, model.n + 1):
-        c = model.encoder(i)
-        total += conv_flops(n, h, w, c.in_channels, c.out_channels)
-        d = model.decoder(i)
-        total += conv_flops(n, h, w, d.in_channels, d.out_channels)
-    return total
+def model_flops(model: nn.Module, n: int, h: int, w: int) -> int:
+    """Direct-convolution FLOPs of one forward pass, read off the layer plan (2.07 MFLOP per
+    pixel for RED30-64)."""
+    return plan(model).flops((n, _in_channels(model), h, w))
+
+
+def _in_channels(model: nn.Module) -> int:
+    first = next(m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd))
+    return first.in_channels
 
 
 def cpu_model_name() -> str:
@@ -45,23 +49,6 @@ def cpu_model_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def max_rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| / max |want|, in float64; inf if ``got`` has a non-finite element."""
-    got, want = got.detach().double().cpu(), want.detach().double().cpu()
-    if not torch.isfinite(got).all():
-        return float("inf")
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
-
-
-def kaiming_init_(model: nn.Module) -> nn.Module:
-    """He-normal weights and small biases: activations keep their scale through 30 layers."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.uniform_(m.bias, -0.01, 0.01)
-    return model
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) -> float:
@@ -76,20 +63,11 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5, warmup: int = 1) 
     return times[len(times) // 2]
 
 
-def as_conv_only(model: REDNet) -> nn.Module:
-    """The same network with every stride-1 deconv exported as a Conv2d (flipped, swapped
-    weight): the form OpenVINO and ONNX Runtime run fastest."""
-    conv_model = copy.deepcopy(model).eval()
-    for j in range(1, model.n + 1):
-        d = model.decoder(j)
-        c = nn.Conv2d(d.in_channels, d.out_channels, 3, padding=1)
-        with torch.no_grad():
-            c.weight.copy_(conv_weight(d.weight, transposed=True))
-            c.bias.copy_(d.bias)
-        setattr(conv_model, f"deconv_{j}", c)
-
-    # REDNet.forward only calls its layers, so the Conv2d stand-ins slot straight in.
-    return conv_model
+def as_conv_only(model: nn.Module) -> nn.Module:
+    """The same network in plain PyTorch with every stride-1 deconv run as a Conv2d (flipped,
+    swapped weight): the form OpenVINO and ONNX Runtime run fastest. Made from the layer plan."""
+    reference = copy.deepcopy(reference_view(model, detach=True)).eval()
+    return as_module(plan(reference), reference)
 
 
 @dataclass
@@ -101,7 +79,7 @@ class Peer:
     note: str = ""
 
 
-def torch_peers(model: REDNet, x: torch.Tensor, compile_: bool = True) -> list[Peer]:
+def torch_peers(model: nn.Module, x: torch.Tensor, compile_: bool = True) -> list[Peer]:
     """PyTorch eager NCHW, eager channels_last and torch.compile (with freezing) of the reference."""
     peers = [Peer("torch eager NCHW", lambda t: model(t))]
     cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -123,7 +101,7 @@ def torch_peers(model: REDNet, x: torch.Tensor, compile_: bool = True) -> list[P
     return peers
 
 
-def onnxruntime_peer(model: REDNet, x: torch.Tensor) -> Peer:
+def onnxruntime_peer(model: nn.Module, x: torch.Tensor) -> Peer:
     name = "ONNX Runtime fp32"
     try:
         import onnxruntime as ort
@@ -141,7 +119,7 @@ def onnxruntime_peer(model: REDNet, x: torch.Tensor) -> Peer:
     return Peer(name, lambda t: torch.from_numpy(sess.run(["y"], {"x": t.numpy()})[0]))
 
 
-def openvino_peers(model: REDNet, x: torch.Tensor) -> list[Peer]:
+def openvino_peers(model: nn.Module, x: torch.Tensor) -> list[Peer]:
     """OpenVINO at fp32 and at its default precision for this CPU (bf16 where supported)."""
     try:
         import openvino as ov
@@ -170,7 +148,7 @@ def openvino_peers(model: REDNet, x: torch.Tensor) -> list[Peer]:
         return [Peer("OpenVINO", None, f"failed: {e!s:.160}")]
 
 
-def fp64_reference(model: REDNet, x: torch.Tensor) -> torch.Tensor:
+def fp64_reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     ref = copy.deepcopy(model).double()
     with torch.no_grad():
         return ref(x.double())

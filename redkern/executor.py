@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from . import backends as _backends
 from .backends.common import BackendUnavailable, WeightCache, conv_weight, is_channels_last, to_nhwc
 from .epilogue import apply_epilogue, kernel_slopes, output_size
-from .plan import ConvStep, Plan, TorchStep, substitute
+from .layer_plan import ConvStep, Plan, TorchStep, substitute
 
 __all__ = ["run", "needs_ops", "BufferPool", "LayerBackends", "as_module", "MODES"]
 

@@ -12,7 +12,7 @@ maps (``redkern.executor``); ``release_buffers()`` gives their memory back.
 from __future__ import annotations
 
 from . import backends as _backends
-from .fuse import FusedForward
+from .fusion import FusedForward
 from .models import REDNet
 
 __all__ = ["FusedREDNet"]

@@ -82,7 +82,7 @@ class REDNet(nn.Module):
         widen it. A tile halo of at least this many pixels makes tiled inference exact."""
         radius = self.__dict__.get("_receptive_field_radius")
         if radius is None:  # the structure is fixed at construction: plan once
-            from .plan import plan
+            from .layer_plan import plan
 
             radius = self.__dict__["_receptive_field_radius"] = plan(self).receptive_field_radius()
         return radius

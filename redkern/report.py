@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .plan import ConvStep, Plan, TorchStep
+from .layer_plan import ConvStep, Plan, TorchStep
 
 __all__ = ["plan_table", "explain"]
 
@@ -78,7 +78,7 @@ def explain(module: nn.Module, *, backend: str | None = None, device=None, dtype
     what was folded into it, and every operation left to PyTorch with the reason. A module
     that is not fused yet is planned as ``fuse`` would plan it (``backend`` default auto)."""
     from .executor import LayerBackends
-    from .fuse import FusedForward, fuse, untraced_reason
+    from .fusion import FusedForward, fuse, untraced_reason
 
     if not any(isinstance(m, FusedForward) for m in module.modules()):
         module = fuse(module, backend=backend or "auto")

@@ -17,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, reference_conv2d
 
 __all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close",
-           "max_rel_error", "poisoned_nhwc", "kaiming_init_", "TOLERANCE"]
+           "max_rel_error", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "FUSE_MODULES",
+           "backends_here"]
 
 # Every activation in both places and every residual mode, with scales that are not 1.
 EPILOGUES: dict[str, Epilogue] = {
@@ -157,3 +159,148 @@ def kaiming_init_(model: nn.Module) -> nn.Module:
             if m.bias is not None:
                 nn.init.uniform_(m.bias, -0.01, 0.01)
     return model
+
+
+# --- small hand-made networks: every pattern the planner folds, the ways real networks do -------
+
+class _Block(nn.Module):
+    """conv -> [BN] -> act -> conv -> [BN], scaled, plus the block's input (EDSR, SRResNet)."""
+
+    def __init__(self, c: int, k: int = 3, bn: bool = False, act: str = "relu", scale: float = 1.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, k, padding=k // 2, bias=not bn)
+        self.bn1 = nn.BatchNorm2d(c) if bn else nn.Identity()
+        self.act = {"relu": nn.ReLU(inplace=True), "prelu": nn.PReLU(c), "leaky": nn.LeakyReLU(0.2)}[act]
+        self.conv2 = nn.Conv2d(c, c, k, padding=k // 2, bias=not bn)
+        self.bn2 = nn.BatchNorm2d(c) if bn else nn.Identity()
+        self.scale = scale
+
+    def forward(self, x):
+        r = self.bn2(self.conv2(self.act(self.bn1(self.conv1(x)))))
+        return x + r * self.scale if self.scale != 1 else x + r
+
+
+class ResNetLike(nn.Module):
+    """Head, residual blocks, a long skip, a x2 pixel-shuffle upsampler, a tail."""
+
+    def __init__(self, channels=3, features=16, blocks=2, k=3, bn=False, act="relu", scale=1.0,
+                 head_k=9, tanh=False):
+        super().__init__()
+        self.head = nn.Conv2d(channels, features, head_k, padding=head_k // 2)
+        self.head_act = nn.PReLU() if act == "prelu" else nn.Identity()
+        self.body = nn.Sequential(*[_Block(features, k, bn, act, scale) for _ in range(blocks)])
+        self.body_end = nn.Conv2d(features, features, 3, padding=1)
+        self.up = nn.Conv2d(features, features * 4, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.tail = nn.Conv2d(features, channels, head_k, padding=head_k // 2)
+        self.tanh = tanh
+
+    def forward(self, x):
+        h = self.head_act(self.head(x))
+        h = h + self.body_end(self.body(h))
+        y = self.tail(F.relu(self.shuffle(self.up(h))))
+        return torch.tanh(y) if self.tanh else y
+
+
+class DnCNNLike(nn.Module):
+    """conv+ReLU, (conv+BN+ReLU) x depth, conv; the network predicts the noise: x - net(x)."""
+
+    def __init__(self, channels=1, features=17, depth=3):
+        super().__init__()
+        layers = [nn.Conv2d(channels, features, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth):
+            layers += [nn.Conv2d(features, features, 3, padding=1, bias=False), nn.BatchNorm2d(features),
+                       nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(features, channels, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x - self.net(x)
+
+
+class SRCNNLike(nn.Module):
+    """9-1-5 (or 9-5-5), "same" padding as the ports do or none as the paper does."""
+
+    def __init__(self, channels=1, f1=64, f2=32, middle=1, same=True):
+        super().__init__()
+        pad = (lambda k: k // 2) if same else (lambda k: 0)
+        self.conv1 = nn.Conv2d(channels, f1, 9, padding=pad(9))
+        self.conv2 = nn.Conv2d(f1, f2, middle, padding=pad(middle))
+        self.conv3 = nn.Conv2d(f2, channels, 5, padding=pad(5))
+
+    def forward(self, x):
+        return self.conv3(F.relu(self.conv2(F.relu(self.conv1(x)))))
+
+
+class FSRCNNLike(nn.Module):
+    """5x5 PReLU, 1x1 shrink, m x 3x3, 1x1 expand (PReLU each), then a deconvolution: stride 1
+    (fused) or the paper's stride = scale (left to PyTorch)."""
+
+    def __init__(self, d=12, s=5, m=2, stride=1):
+        super().__init__()
+        layers = [nn.Conv2d(1, d, 5, padding=2), nn.PReLU(d), nn.Conv2d(d, s, 1), nn.PReLU(s)]
+        for _ in range(m):
+            layers += [nn.Conv2d(s, s, 3, padding=1), nn.PReLU(s)]
+        layers += [nn.Conv2d(s, d, 1), nn.PReLU(d)]
+        self.features = nn.Sequential(*layers)
+        self.deconv = nn.ConvTranspose2d(d, 1, 9, stride=stride, padding=4, output_padding=stride - 1)
+
+    def forward(self, x):
+        return self.deconv(self.features(x))
+
+
+class EveryEpilogue(nn.Module):
+    """One layer per epilogue of ``EPILOGUES``, in module form, with odd channel counts and
+    kernels 1, 3, 5 and transposed layers between."""
+
+    def __init__(self, c=5):
+        super().__init__()
+        self.c0 = nn.Conv2d(2, c, 3, padding=1)
+        self.c1 = nn.Conv2d(c, c, 5, padding=2)
+        self.c2 = nn.ConvTranspose2d(c, c, 3, padding=1)
+        self.c3 = nn.Conv2d(c, c, 1)
+        self.c4 = nn.ConvTranspose2d(c, c, 5, padding=2)
+        self.c5 = nn.Conv2d(c, c, 3, padding=1)
+        self.c6 = nn.Conv2d(c, c, 3, padding=1)
+        self.c7 = nn.Conv2d(c, 2, 1)
+        self.p1, self.p2 = nn.PReLU(c), nn.PReLU(c)
+
+    def forward(self, x):
+        a = F.leaky_relu(self.c0(x), 0.2)                  # leaky_relu
+        b = self.p1(self.c1(a))                            # prelu
+        c = F.relu(F.relu(self.c2(b)) + a)                 # relu, residual, relu
+        d = torch.tanh(0.5 * self.c3(c))                   # scaled tanh
+        e = b - self.c4(d)                                 # negated residual
+        f = F.leaky_relu(self.p2(self.c5(e)) + c, 0.3)     # prelu, residual, leaky
+        g = F.relu(self.c6(f) - d)                         # relu after a subtracted residual
+        return self.c7(g) + x                              # the global residual
+
+
+FUSE_MODULES = {
+    "edsr_like": lambda: ResNetLike(3, 16, blocks=2, scale=0.1, head_k=3),
+    "srresnet_like": lambda: ResNetLike(3, 16, blocks=2, bn=True, act="prelu", head_k=9, tanh=True),
+    "leaky_5x5": lambda: ResNetLike(1, 24, blocks=1, k=5, act="leaky", head_k=5),
+    "dncnn_like": lambda: DnCNNLike(1, 17, 3),
+    "srcnn_915": lambda: SRCNNLike(1, 64, 32, 1),
+    "srcnn_955_valid": lambda: SRCNNLike(1, 32, 16, 5, same=False),
+    "fsrcnn_like": lambda: FSRCNNLike(),
+    "fsrcnn_strided": lambda: FSRCNNLike(stride=2),
+    "every_epilogue": lambda: EveryEpilogue(),
+    "wide_1x1_128": lambda: nn.Sequential(nn.Conv2d(3, 128, 1), nn.ReLU(), nn.Conv2d(128, 128, 3, padding=1),
+                                          nn.ReLU(), nn.Conv2d(128, 1, 1)),
+}
+
+
+def randomize_(module: nn.Module) -> nn.Module:
+    """Kaiming weights and BatchNorms with statistics and affine terms far from the identity,
+    so folding them is really tested; PReLU slopes drawn per channel."""
+    kaiming_init_(module)
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+        elif isinstance(m, nn.PReLU):
+            m.weight.data.uniform_(0.05, 0.5)
+    return module

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import redkern
-from redkern.benchmarking import kaiming_init_ as kaiming_
+from redkern.testing import kaiming_init_ as kaiming_
 
 
 def pair(ctor, channels, features, **kw):

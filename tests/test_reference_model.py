@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import redkern
-from redkern.benchmarking import kaiming_init_ as kaiming  # He-normal: the signal survives 30 layers
+from redkern.testing import kaiming_init_ as kaiming  # He-normal: the signal survives 30 layers
 
 # The released RED30 skip pairs (decoder layer <- encoder layer), written out by hand.
 RED30_SKIPS = {1: 14, 3: 12, 5: 10, 7: 8, 9: 6, 11: 4, 13: 2}

@@ -307,12 +307,23 @@ class Plan:
         return math.ceil(max(outs))
 
     def spatial_scales(self) -> dict[int, Fraction]:
-        """Each value's resolution relative to the first input (2 after a x2 pixel shuffle),
-        from the propagated shapes."""
-        if not self.inputs or self.inputs[0] not in self.shapes or len(self.shapes[self.inputs[0]]) != 4:
-            return {}
-        h0 = self.shapes[self.inputs[0]][2]
-        return {v: Fraction(s[2], h0) for v, s in self.shapes.items() if len(s) == 4 and h0}
+        """Each 4-D value's resolution relative to the first input (2 after a x2 pixel shuffle):
+        fused steps keep their input's; a PyTorch step that changes the size (a shuffle, a
+        strided convolution, an upsampling) scales it by the nearest power of two of the size
+        ratio, so the borders that unpadded convolutions trim do not count as a resolution."""
+        four_d = {v: s for v, s in self.shapes.items() if len(s) == 4 and s[2] > 0}
+        scale = {v: Fraction(1) for v in self.inputs if v in four_d}
+        for step in self.steps:
+            src = [v for v in step.reads if v in scale]
+            if step.dst not in four_d or not src:
+                continue
+            if isinstance(step, ConvStep):
+                scale[step.dst] = scale[step.src] if step.src in scale else None
+                continue
+            s0 = src[0]
+            ratio = four_d[step.dst][2] / four_d[s0][2]
+            scale[step.dst] = scale[s0] * Fraction(2) ** round(math.log2(ratio))
+        return {v: s for v, s in scale.items() if s is not None}
 
     def flops(self, input_shape) -> int:
         """Direct-convolution FLOPs (2 per multiply-add) of the convolutions, fused or not, for
@@ -643,6 +654,10 @@ def plan(module: nn.Module, example_inputs=None) -> Plan:
         raise PlanError(f"{type(module).__name__}.forward does not trace with torch.fx "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})") from e
     modules = dict(module.named_modules())
+    for node in list(graph.nodes):  # nn.Identity (a disabled BatchNorm, say) passes its input on
+        if node.op == "call_module" and type(modules[node.target]) is nn.Identity and len(node.args) == 1:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
     gm = torch.fx.GraphModule(module, graph)
     examples = _example_inputs(module, graph, example_inputs)
     node_shapes, note = _propagate(gm, examples)

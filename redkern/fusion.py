@@ -26,7 +26,7 @@ from torch import nn
 
 from . import backends as _backends
 from .executor import BufferPool, LayerBackends, run
-from .plan import RUNTIME_ATTRIBUTES, Plan, PlanError, own_containers, plan as make_plan, reference_view
+from .layer_plan import RUNTIME_ATTRIBUTES, Plan, PlanError, own_containers, plan as make_plan, reference_view
 
 __all__ = ["fuse", "FusedForward", "is_fused"]
 

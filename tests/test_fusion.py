@@ -1,0 +1,174 @@
+"""``redkern.fuse(m)`` equals ``m``: hand-made networks covering every fold, on every backend here.
+
+Each network (``redkern.testing.FUSE_MODULES``) is fused for each backend that runs on this
+machine (``testing.backends_here()``: the CPU kernels; Triton under its interpreter; the CUDA C++
+kernels under our host emulation) and compared with the module itself on fresh random inputs of
+odd sizes, batch 2. ``torch.empty`` is NaN-filled for these tests, so a feature map a kernel
+fails to write fails the comparison.
+"""
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import redkern
+from redkern import testing as T
+from redkern.fusion import FusedForward
+from redkern.layer_plan import ConvStep
+
+BACKENDS = T.backends_here()
+SLOW_BACKENDS = {"triton", "cuda_emu"}  # interpreted / emulated: small images only
+
+
+@pytest.fixture(autouse=True)
+def poisoned_empty():
+    """torch.empty returns NaN-filled memory, so an element a kernel forgets to write fails."""
+    old = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old[0])
+    torch.utils.deterministic.fill_uninitialized_memory = old[1]
+
+
+def in_channels(m: nn.Module) -> int:
+    return next(x for x in m.modules() if isinstance(x, nn.modules.conv._ConvNd)).in_channels
+
+
+def tolerance(m: nn.Module) -> float:
+    return 1e-4 if any(isinstance(x, nn.BatchNorm2d) for x in m.modules()) else 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(T.FUSE_MODULES))
+def test_fuse_equals_the_module(name, backend):
+    m = T.randomize_(T.FUSE_MODULES[name]()).eval()
+    fused = redkern.fuse(m, backend=backend if backend != "cpu" else "auto")
+    h, w = (11, 9) if backend in SLOW_BACKENDS else (23, 19)
+    x = torch.randn(2, in_channels(m), h, w)
+    with torch.no_grad():
+        want = m(x).double()
+        got = fused(x)
+    T.assert_close(got, want, tolerance(m))
+    assert list(fused.state_dict()) == list(m.state_dict())
+    assert all(a is b for a, b in zip(fused.parameters(), m.parameters()))  # shared, not copied
+    report = redkern.explain(fused)
+    for step in fused.plan.conv_steps:
+        assert step.name in report
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_red_networks_equal_the_reference(backend):
+    for ctor in (redkern.RED10, redkern.RED20, redkern.RED30):
+        ref = T.kaiming_init_(ctor(channels=3, features=8 if backend in SLOW_BACKENDS else 32)).eval()
+        fused = redkern.fuse(ref, backend=backend)
+        x = torch.rand(2, 3, 7, 9)
+        with torch.no_grad():
+            T.assert_close(fused(x), ref(x).double(), 1e-5)
+
+
+def test_the_report_says_where_each_layer_runs_and_what_stays_in_pytorch():
+    m = T.randomize_(T.FUSE_MODULES["fsrcnn_strided"]()).eval()
+    text = redkern.explain(redkern.fuse(m))
+    assert "cpu:" in text and "PyTorch: stride (2, 2)" in text
+    assert "prelu(conv + b)" in text and "1 -> 12" in text
+
+
+def test_fuse_keeps_training_and_gradients_right():
+    m = T.randomize_(T.FUSE_MODULES["srresnet_like"]())
+    fused = redkern.fuse(m)
+    x = torch.randn(2, 3, 9, 8)
+    m.train(), fused.train()
+    ref_out = m(x)
+    ref_out.square().sum().backward()
+    ref_grads = [p.grad.clone() for p in m.parameters()]
+    m.zero_grad()
+    # BatchNorm in training mode cannot be folded: those steps run their modules, and say so.
+    assert any(s.folds_batchnorm_in_training for s in fused.plan.conv_steps)
+    assert "BatchNorm in training mode" in redkern.explain(fused)
+    for bn in (b for b in m.modules() if isinstance(b, nn.BatchNorm2d)):
+        bn.reset_running_stats()
+    out = fused(x)
+    T.assert_close(out, ref_out.double(), 1e-4)
+    out.square().sum().backward()
+    for p, g in zip(m.parameters(), ref_grads):
+        T.assert_close(p.grad, g.double(), 1e-4)
+
+
+def test_an_untraceable_forward_is_fused_part_by_part():
+    class Toolbox(nn.Module):
+        """Shapes through NumPy and control flow on values, as toolbox models often have."""
+
+        def __init__(self):
+            super().__init__()
+            self.encoder = T.FUSE_MODULES["dncnn_like"]()
+            self.refine = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
+
+        def forward(self, x):
+            import numpy as np
+            pad = int(np.ceil(x.shape[-1] / 4) * 4 - x.shape[-1])
+            y = self.encoder(torch.nn.functional.pad(x, (0, pad)))[..., :x.shape[-1]]
+            return self.refine(y) if y.abs().max() > 0 else y
+
+    m = T.randomize_(Toolbox()).eval()
+    fused = redkern.fuse(m)
+    assert not isinstance(fused, FusedForward)
+    assert redkern.is_fused(fused) and type(fused) is Toolbox
+    x = torch.randn(1, 1, 13, 15)
+    with torch.no_grad():
+        T.assert_close(fused(x), m(x).double(), 1e-4)
+    text = redkern.explain(fused)
+    assert "runs its own forward in PyTorch" in text and "does not trace" in text
+    assert "encoder" in text and "refine" in text
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_fused_modules_copy_and_pickle_after_running(how):
+    m = T.randomize_(T.FUSE_MODULES["edsr_like"]()).eval()
+    fused = redkern.fuse(m)
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        want = fused(x)
+    if how == "deepcopy":
+        other = copy.deepcopy(fused)
+    elif how == "pickle":
+        other = pickle.loads(pickle.dumps(fused))
+    else:
+        buf = io.BytesIO()
+        torch.save(fused, buf)
+        buf.seek(0)
+        other = torch.load(buf, weights_only=False)
+    assert type(other).__name__ == type(fused).__name__ and redkern.is_fused(other)
+    assert all(a is not b for a, b in zip(other.parameters(), fused.parameters()))
+    with torch.no_grad():
+        assert torch.equal(other(x), want)
+        next(other.parameters()).add_(1)  # the copy is its own: the original is unchanged
+        assert torch.equal(fused(x), want)
+
+
+def test_a_named_backend_that_cannot_run_a_layer_names_it():
+    from redkern.backends.common import BackendUnavailable
+
+    if "cuda_emu" not in BACKENDS:
+        pytest.skip("the CUDA emulation is not built here")
+    m = T.FUSE_MODULES["srcnn_915"]().eval()
+    with pytest.raises(BackendUnavailable, match="conv1 .*9x9"):
+        with torch.no_grad():
+            redkern.fuse(m, backend="cuda_emu")(torch.randn(1, 1, 12, 12))
+
+
+def test_conv_steps_read_their_modules_live():
+    m = T.randomize_(T.FUSE_MODULES["dncnn_like"]()).eval()
+    fused = redkern.fuse(m)
+    x = torch.randn(1, 1, 10, 10)
+    with torch.no_grad():
+        first = fused(x)
+        for p in m.parameters():
+            p.mul_(0.5)
+        T.assert_close(fused(x), m(x).double(), 1e-4)
+        assert not torch.allclose(fused(x), first)
+    assert all(isinstance(s, ConvStep) for s in fused.plan.conv_steps)
