@@ -180,6 +180,8 @@ def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: 
     if x.dim() != 4 or weight.dim() != 4:
         raise ValueError(f"x must be [N, Cin, H, W] and weight [.., .., KH, KW], got shapes "
                          f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if weight.dtype != x.dtype or weight.device != x.device:
+        raise ValueError(f"weight is {weight.dtype} on {weight.device}; x is {x.dtype} on {x.device}")
     cin = weight.shape[0 if transposed else 1]
     if x.shape[1] != cin:
         layout = "ConvTranspose2d [Cin, Cout, KH, KW]" if transposed else "Conv2d [Cout, Cin, KH, KW]"
