@@ -1,12 +1,15 @@
-"""Tuning data for the Triton 3x3 convolution (kernels/conv3x3.py): data only, no kernel code.
+"""Tuning data for the Triton convolution (kernels/conv2d.py): data only, no kernel code.
 
-A tile is one program's share of the implicit GEMM ``out[M, Cout] = A[M, 9*Cin] @ B[9*Cin, Cout]``
-(M = N*H*W output pixels): ``block_m`` pixels x ``block_n`` output channels, reducing
-``block_k`` input channels of one tap per step. ``num_warps`` and ``num_stages`` (the software
-pipeline depth over those steps) go to Triton unchanged.
+A tile is one program's share of the implicit GEMM
+``out[M, Cout] = A[M, KH*KW*Cin] @ B[KH*KW*Cin, Cout]`` (M = N*OH*OW output pixels):
+``block_m`` pixels x ``block_n`` output channels, reducing ``block_k`` rows per step (one
+tap's block of input channels, or, for layers with few input channels, several taps' channels
+packed together). ``num_warps`` and ``num_stages`` (the software pipeline depth over those
+steps) go to Triton unchanged.
 
-The launcher shrinks ``block_k``/``block_n`` to the layer's channel counts (never below 16,
-``tl.dot``'s minimum), so a 64-channel tile also serves the 1- and 3-channel end layers.
+The launcher (``conv2d.fit_tile``) shrinks ``block_n`` to the layer's output channels and
+``block_k`` to what its window needs (never below 16, ``tl.dot``'s minimum), so a 64-channel
+tile also serves the 1- and 3-channel end layers.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ class Tile(NamedTuple):
     num_stages: int
 
 
-# Autotuned on a GPU (keyed on Cin, Cout, pixel count, epilogue and dtype). One block_n spans
-# all of Cout, so each activation is read once per tap. Measured on an H100 (fp16, 64 -> 64,
-# 512x512 and 1024x1024): 128-pixel tiles with 64-channel steps and 3 stages won; 256-pixel
-# tiles (one CTA per SM) and persistent or 2-D-tiled variants were no faster. The 128-wide
-# tiles are for the released models' 128 features. Configs that cannot fit the device's
-# shared memory (fp32 with deep pipelines) are dropped before tuning.
+# Autotuned on a GPU (keyed on Cin, Cout, window, epilogue, dtype and the pixel count's power
+# of two). One block_n spans all of Cout, so each activation is read once per tap. Measured on
+# an H100 with the 3x3 kernel (fp16, 64 -> 64, 512x512 and 1024x1024): 128-pixel tiles with
+# 64-channel steps and 3 stages won; 256-pixel tiles (one CTA per SM) and persistent or
+# 2-D-tiled variants were no faster. The 128-wide tiles are for the released models' 128
+# features. Other windows (1x1 .. 9x9) tune over the same list; nothing measured them yet.
+# Configs that cannot fit the device's shared memory (fp32 with deep pipelines) are dropped
+# before tuning.
 GPU_TILES: tuple[Tile, ...] = (
     Tile(128, 64, 64, 8, 3),
     Tile(128, 64, 64, 4, 3),

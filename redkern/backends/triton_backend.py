@@ -1,4 +1,7 @@
-"""The Triton backend: one implicit-GEMM kernel (redkern.kernels.conv3x3) on NHWC activations.
+"""The Triton backend: one implicit-GEMM kernel (redkern.kernels.conv2d) on NHWC activations.
+
+Any KxK (or KHxKW) window, padding 0..k-1, stride 1, transposed or not, with the one fused
+epilogue (``redkern.epilogue``).
 
 Where it runs:
 - CUDA tensors, when triton imports and torch sees a CUDA device: compiled and autotuned.
@@ -19,12 +22,13 @@ import os
 
 import torch
 
+from ..epilogue import Epilogue
 from .common import BackendUnavailable, WeightCache, conv_weight, to_nhwc
 
 try:
     import triton
 
-    from ..kernels import conv3x3 as _kernels
+    from ..kernels import conv2d as _kernels
     _IMPORT_ERROR = None
 except Exception as e:  # not installed, or broken: the package still imports; status() says why
     triton = _kernels = None
@@ -98,28 +102,98 @@ def tf32_allowed() -> bool:
         return False
 
 
+def _dtype_problem(dtype: torch.dtype, device: torch.device | None) -> str | None:
+    """Why the kernels cannot take ``dtype`` here (``device``: a CUDA tensor's, else the
+    current device), or None."""
+    if dtype not in _dtypes():
+        why = " under the interpreter (numpy has no bfloat16; run bfloat16 on a GPU)" if _kernels.INTERPRETED else ""
+        return f"the Triton kernels take {_names(_dtypes())}{why}, got {dtype}"
+    if dtype == torch.bfloat16 and not _kernels.INTERPRETED:
+        cc = torch.cuda.get_device_capability(device)
+        if cc[0] < 8:
+            return (f"bfloat16 tensor-core products need compute capability >= 8.0; "
+                    f"{torch.cuda.get_device_name(device)} has {cc[0]}.{cc[1]}")
+    return None
+
+
+def _pair(value) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _conv_padding(kernel, padding, transposed: bool) -> tuple[int, int]:
+    """The padding of the convolution the kernel runs (``k - 1 - p`` for a transposed one),
+    after checking ``0 <= p <= k - 1``."""
+    (kh, kw), (ph, pw) = _pair(kernel), _pair(padding)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"kernel sizes must be >= 1, got {kh}x{kw}")
+    if not (0 <= ph <= kh - 1 and 0 <= pw <= kw - 1):
+        raise ValueError(f"padding {(ph, pw)} out of range for a {kh}x{kw} kernel: the Triton kernel "
+                         "takes 0 <= p <= k - 1 on each axis")
+    return (kh - 1 - ph, kw - 1 - pw) if transposed else (ph, pw)
+
+
+def algorithm(cin: int, cout: int, kernel, padding, transposed: bool, dtype: torch.dtype) -> str:
+    """The plan report's label, e.g. ``"implicit GEMM 3x3"``; raises ``BackendUnavailable``
+    naming what this backend cannot run (triton missing, a dtype, a padding out of range)."""
+    st = _status()
+    if not st["available"]:
+        raise BackendUnavailable(f"the Triton backend is unavailable: {st['detail']}")
+    problem = _dtype_problem(dtype, None)
+    if problem:
+        raise BackendUnavailable(problem)
+    try:
+        _conv_padding(kernel, padding, transposed)
+    except ValueError as e:
+        raise BackendUnavailable(str(e)) from None
+    kh, kw = _pair(kernel)
+    return f"implicit GEMM {kh}x{kw}" + (" transposed" if transposed else "")
+
+
 def packed_weight(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
-    """The kernel's ``[9*Cin, Cout]`` weight, made once per weight tensor and version."""
+    """The kernel's ``[KH*KW*Cin, Cout]`` weight, made once per weight tensor and version."""
     return _weights.get(weight, ("triton", transposed),
                         lambda: _kernels.pack_weight(conv_weight(weight.detach(), transposed)))
 
 
-def conv3x3(x, weight, bias, extra, *, transposed: bool, epilogue, out=None) -> torch.Tensor:
-    """Fused 3x3 conv of ``x [N, Cin, H, W]``; returns an NHWC (channels_last) tensor.
+def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: Epilogue,
+           slopes=None, slopes2=None, out=None) -> torch.Tensor:
+    """One fused stride-1 convolution (the contract in ``redkern.backends``).
 
-    ``weight`` is Conv2d ``[Cout, Cin, 3, 3]`` or, with ``transposed``, ConvTranspose2d
-    ``[Cin, Cout, 3, 3]``; ``extra`` the skip/residual for ``epilogue``. ``out``: optional
-    NHWC ``[N, Cout, H, W]`` destination (tests pass a NaN-filled one).
+    ``x`` ``[N, Cin, H, W]`` in any layout; ``weight`` Conv2d ``[Cout, Cin, KH, KW]`` or, with
+    ``transposed``, ConvTranspose2d ``[Cin, Cout, KH, KW]`` (run as the convolution with the
+    window flipped, channels swapped and padding ``k - 1 - p``); ``padding`` ``(PH, PW)`` as
+    those modules take it, ``0 <= p <= k - 1``; ``bias`` ``[Cout]`` (None: zeros);
+    ``extra`` ``[N, Cout, OH, OW]`` in any layout when ``epilogue.needs_extra``;
+    ``slopes``/``slopes2`` float32 ``[Cout]`` (``redkern.epilogue.kernel_slopes``) when
+    ``act``/``act2`` is LEAKY_RELU or PRELU. Returns a dense NHWC ``[N, Cout, OH, OW]``
+    tensor in x's dtype: ``out`` when given (a NHWC tensor of exactly that, overlapping
+    neither x nor extra).
     """
     check_can_run(x.device)
-    if x.dtype not in _dtypes():
-        why = " under the interpreter (numpy has no bfloat16; run bfloat16 on a GPU)" if _kernels.INTERPRETED else ""
-        raise TypeError(f"the Triton kernels take {_names(_dtypes())}{why}, got {x.dtype}")
-    if x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device)[0] < 8:
-        raise BackendUnavailable(f"bfloat16 tensor-core products need compute capability >= 8.0; "
-                                 f"{torch.cuda.get_device_name(x.device)} has "
-                                 f"{'.'.join(map(str, torch.cuda.get_device_capability(x.device)))}")
-    return _kernels.conv3x3_nhwc(
-        to_nhwc(x.detach()), packed_weight(weight, transposed), bias.detach().contiguous(),
-        to_nhwc(extra.detach()) if extra is not None else None, int(epilogue),
+    problem = _dtype_problem(x.dtype, x.device)
+    if problem:  # a dtype it never takes is a TypeError; bfloat16 on an old GPU a missing feature
+        if x.dtype not in _dtypes():
+            raise TypeError(problem)
+        raise BackendUnavailable(problem)
+    if not isinstance(epilogue, Epilogue):
+        raise TypeError(f"epilogue must be a redkern.epilogue.Epilogue, got {type(epilogue).__name__} {epilogue!r}")
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"x must be [N, Cin, H, W] and weight [.., .., KH, KW], got shapes "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if weight.dtype != x.dtype or weight.device != x.device:
+        raise ValueError(f"weight is {weight.dtype} on {weight.device}; x is {x.dtype} on {x.device}")
+    cin = weight.shape[0 if transposed else 1]
+    if x.shape[1] != cin:
+        layout = "ConvTranspose2d [Cin, Cout, KH, KW]" if transposed else "Conv2d [Cout, Cin, KH, KW]"
+        raise ValueError(f"x has {x.shape[1]} channels but the {layout} weight {tuple(weight.shape)} "
+                         f"takes {cin}")
+    kernel = tuple(weight.shape[2:])
+    conv_padding = _conv_padding(kernel, padding, transposed)
+    cout = weight.shape[1 if transposed else 0]
+    bias = (torch.zeros(cout, dtype=torch.float32, device=x.device) if bias is None
+            else bias.detach().to(torch.float32).contiguous())
+    return _kernels.conv2d_nhwc(
+        to_nhwc(x.detach()), packed_weight(weight, transposed), bias,
+        to_nhwc(extra.detach()) if extra is not None else None,
+        kernel=kernel, padding=conv_padding, epilogue=epilogue, slopes=slopes, slopes2=slopes2,
         out=out, allow_tf32=x.dtype == torch.float32 and tf32_allowed())
