@@ -29,12 +29,10 @@ import sys
 import time
 import warnings
 
+from .validation import UsageError  # arguments that cannot work: exit code 2
+
 EXIT_FAILED, EXIT_USAGE, EXIT_INPUT, EXIT_OUTPUT, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 DEPTHS = {"red10": 10, "red20": 20, "red30": 30}
-
-
-class UsageError(Exception):
-    """Arguments that cannot work; exit code 2."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         from .imageio import ImageError
 
         if isinstance(e, ImageError):
-            return _fail(EXIT_INPUT if e.reading else EXIT_OUTPUT, str(e))
+            return _fail(EXIT_INPUT if e.reading else EXIT_OUTPUT, _cli_words(str(e)))
         if isinstance(e, BackendUnavailable):
             return _fail(EXIT_USAGE, f"{e} (--backend reference runs the plain PyTorch model)")
         return _fail(EXIT_FAILED, f"failed: {type(e).__name__}: {e}")
@@ -140,13 +138,19 @@ def _parser() -> argparse.ArgumentParser:
                                   description="Restore INPUT into OUTPUT tile by tile. Formats: .png .jpg "
                                   ".jpeg .tif .tiff .btf .tf8 .npy .zarr; .npy, TIFF and .zarr never need "
                                   "the whole image in memory.")
-    restore.add_argument("input", metavar="INPUT")
+    restore.add_argument("input", metavar="INPUT", help="the image to restore (any size; see the formats above)")
     lv = restore.add_mutually_exclusive_group()  # with --task: checked against the trained range
-    lv.add_argument("--sigma", type=float, help="--task denoise: the noise level (0-255 scale)")
-    lv.add_argument("--scale", type=int, help="--task sr: the factor the input was enlarged by")
-    lv.add_argument("--quality", type=int, help="--task jpeg: the JPEG quality")
-    restore.add_argument("output", metavar="OUTPUT")
-    restore.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    lv.add_argument("--sigma", type=float, help="with --task denoise: the input's noise level (0-255 scale). "
+                    "The shipped denoiser is blind: this is checked against what it was trained on "
+                    "(0-50), not given to it")
+    lv.add_argument("--scale", type=int, help="with --task sr: the factor the input was bicubic-enlarged by "
+                    "(checked against the trained 2-4)")
+    lv.add_argument("--quality", type=int, help="with --task jpeg: the input's JPEG quality (checked against "
+                    "the trained 10-40)")
+    restore.add_argument("output", metavar="OUTPUT", help="where the restored image goes (written when "
+                         "complete; the format follows the suffix)")
+    restore.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a file or a zarr "
+                         "store redkern wrote (never a directory of anything else, never INPUT)")
     restore.add_argument("--out-dtype", default="same", choices=["same", "uint8", "uint16", "float32", "float64"],
                          help="OUTPUT pixel type (default: the same as INPUT)")
     restore.set_defaults(run=_restore)
@@ -175,27 +179,57 @@ def _parser() -> argparse.ArgumentParser:
 
 # --- the model ----------------------------------------------------------------------------
 
-def _load_weights(path: str) -> dict:
+LEVEL_OPTIONS = {"sigma": "denoise", "scale": "sr", "quality": "jpeg"}
+
+
+def _check_levels(args) -> None:
+    """--sigma/--scale/--quality: only with their task, and only values some model can mean
+    (before anything is read); a note when the shipped model was not trained on them."""
+    from . import pretrained
+
+    for option, task in LEVEL_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is None:
+            continue
+        if args.task != task:
+            where = f"--task {args.task}" if args.task else "no --task"
+            raise UsageError(f"--{option} describes the input of --task {task}, and means nothing with {where}")
+        problem = pretrained.level_problem(task, value)
+        if problem:
+            raise UsageError(f"--{option} {value:g}: {problem}")
+
+
+def _level_notes(args) -> None:
+    from . import pretrained
+
+    for option, task in LEVEL_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is not None and args.task == task and not args.quiet:
+            note = pretrained.level_note(task, value)
+            if note:
+                print(f"redkern: note: {note}", file=sys.stderr)
+
+
+def _device(args):
     import torch
 
-    if not os.path.exists(path):
-        raise UsageError(f"--weights {path}: no such file")
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise UsageError(f"--weights {path}: cannot load it as a state_dict: {e}") from e
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or "conv_1.weight" not in state:
-        raise UsageError(f"--weights {path}: not a RED-Net state_dict (no conv_1.weight)")
-    return state
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"--device {args.device}: {e}") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: no CUDA device is available here")
+    return device
 
 
 def _build_model(args):
-    """``(model, description)`` from the model options."""
+    """``(model, description)`` from the model options: the weights file is the only thing
+    read, and the backend, dtype and device are checked together, once."""
     import torch
 
     import redkern
+    from .weights import WeightsError, read
 
     depth, channels, features, state = DEPTHS.get(args.model), args.channels, args.features, None
     if args.task:
@@ -204,50 +238,42 @@ def _build_model(args):
         if args.weights:
             raise UsageError("--task loads the shipped weights; give --task or --weights, not both")
         args.weights = str(pretrained.path(args.task))
-        level = {"denoise": "sigma", "sr": "scale", "jpeg": "quality"}[args.task]
-        if getattr(args, level, None) is not None:
-            pretrained.check_level(args.task, getattr(args, level))
     if args.weights:
-        state = _load_weights(args.weights)
-        found = {"depth": 2 * sum(k.startswith("conv_") and k.endswith(".weight") for k in state),
-                 "features": state["conv_1.weight"].shape[0], "channels": state["conv_1.weight"].shape[1]}
+        try:
+            found = read(args.weights)
+        except WeightsError as e:
+            raise UsageError(f"--weights {e}") from None
+        state = found["state_dict"]
         for name, value in (("depth", depth), ("features", features), ("channels", channels)):
             if value is not None and value != found[name]:
                 raise UsageError(f"--weights {args.weights} has {name} {found[name]}, but {value} was asked for")
         depth, channels, features = found["depth"], found["channels"], found["features"]
     depth, channels, features = depth or 30, channels or 1, features or 64
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    try:
-        device = torch.device(device)
-    except RuntimeError as e:
-        raise UsageError(f"--device {args.device}: {e}") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: no CUDA device is available here")
+    device, dtype = _device(args), getattr(torch, args.dtype)
 
     torch.manual_seed(0)  # random weights repeat from run to run
     if args.backend == "reference":
         model = redkern.REDNet(depth, channels, features)
     else:
-        from .backends import resolve
-
-        resolve(args.backend, device)  # fail now, with the reason, rather than mid-image
         model = redkern.FusedREDNet(depth, channels, features, backend=args.backend)
     if state is not None:
         try:
-            model.load_state_dict(state)
+            model.load_state_dict({k: v.float() for k, v in state.items()})
         except RuntimeError as e:
             raise UsageError(f"--weights {args.weights} does not fit RED{depth}: {e}") from e
     else:
         print(f"redkern: note: no --weights or --task given, so RED{depth} has RANDOM weights (seed 0): "
               "the output shows speed, not restoration (use --task denoise|sr|jpeg for the shipped "
               "weights)", file=sys.stderr)
-    model = model.to(device=device, dtype=getattr(torch, args.dtype)).eval()
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if args.backend == "reference":
         kind = "reference PyTorch"
     else:
-        from .backends import default_for
-
-        kind = f"fused, backend {default_for(device) if args.backend == 'auto' else args.backend}"
+        try:  # resolved here once; the model keeps the answer for every tile
+            layers = model.backends_for(device, dtype)
+        except TypeError as e:
+            raise UsageError(f"--dtype {args.dtype}: {e}; --backend reference runs any dtype") from None
+        kind = "fused, backend " + ", ".join(sorted({b for b, _ in layers.values()}))
     weights = f"weights {os.path.basename(args.weights)}" if state is not None else "random weights"
     return model, (f"RED{depth} ({channels} channel{'s' if channels > 1 else ''}, {features} features, "
                    f"{kind}, {args.dtype} on {device}, {weights})")
@@ -255,38 +281,57 @@ def _build_model(args):
 
 # --- commands -----------------------------------------------------------------------------
 
+MAX_TILE_OVERHEAD = 4.0  # the CLI refuses windows whose halos cost more than this x whole-image compute
+
+
 def _restore(args) -> int:
     from . import imageio
-    from .tiling import restore_file
+    from .tiling import prepare_restore
 
-    imageio.format_of(args.output, reading=False)  # the cheap checks first, then the model
-    imageio.check_target(args.output, args.overwrite, source=args.input)
+    _check_levels(args)
+    fmt = imageio.check_output_path(args.output, args.overwrite, source=args.input)  # cheap checks first
+    model, description = _build_model(args)
+    _level_notes(args)
     out_dtype = None if args.out_dtype == "same" else args.out_dtype
     with imageio.open_image(args.input) as reader:
-        model, description = _build_model(args)
-        _check_fit(args, model, reader.height, reader.width,
-                   lambda: imageio.ChannelPlan(reader.channels, reader.alpha, model.channels, out_dtype or reader.dtype))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the halo note is printed below, in our words
+                job = prepare_restore(model, reader, args.output, tile=args.tile, halo=args.halo,
+                                      batch=args.batch, allow_inexact=args.allow_inexact,
+                                      overwrite=args.overwrite, out_dtype=out_dtype, quiet=args.quiet,
+                                      max_overhead=MAX_TILE_OVERHEAD, path_checked=fmt)
+        except ValueError as e:
+            raise UsageError(_cli_words(str(e))) from e
         logging.getLogger("redkern").info("model: %s", description)
-        run = restore_file(model, reader, args.output, tile=args.tile, halo=args.halo, batch=args.batch,
-                           allow_inexact=args.allow_inexact, overwrite=args.overwrite, out_dtype=out_dtype,
-                           quiet=args.quiet)
+        run = job.run()
     print(f"wrote {args.output}: {run.height}x{run.width}, {_tiles(run.tiles, run.tile_shape, run.halo)}, "
           f"{run.megapixels:.3g} MP in {run.seconds:.2f} s ({run.megapixels_per_second:.3g} MP/s) on {run.device}")
     return 0
 
 
-def _check_fit(args, model, height: int, width: int, plan=lambda: None):
-    """The tiles and channels that the options ask for, or a UsageError saying why they cannot work."""
-    from .tiling import plan_tiles, resolve_halo
+def _cli_words(message: str) -> str:
+    """A Python-API message in the command line's words."""
+    return (message.replace("pass allow_inexact=True (--allow-inexact)", "pass --allow-inexact")
+            .replace("pass overwrite=True (--overwrite)", "pass --overwrite"))
+
+
+def _check_fit(args, model, height: int, width: int):
+    """The halo and tiles the options ask for, or a UsageError saying why they cannot work."""
+    from .tiling import plan_tiles, resolve_halo, smallest_window, tile_overhead
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run itself warns about an inexact halo
             halo = resolve_halo(model, args.halo, args.allow_inexact)
-        plan()
-        return halo, plan_tiles(height, width, args.tile, halo)
+        tiles = plan_tiles(height, width, args.tile, halo)
     except ValueError as e:
-        raise UsageError(str(e).replace("allow_inexact=True (--allow-inexact)", "--allow-inexact")) from e
+        raise UsageError(_cli_words(str(e))) from e
+    if tile_overhead(tiles, height, width) > MAX_TILE_OVERHEAD:
+        raise UsageError(f"--tile {args.tile} with a halo of {halo} px computes "
+                         f"{tile_overhead(tiles, height, width):.1f}x the pixels it keeps; the smallest "
+                         f"sensible window is {smallest_window(height, width, halo, MAX_TILE_OVERHEAD)} px")
+    return halo, tiles
 
 
 def _tiles(count: int, shape, halo: int) -> str:
@@ -306,9 +351,13 @@ def _demo(args) -> int:
     from . import imageio
     from .tiling import tiled
 
+    from . import pretrained
+
+    problem = pretrained.level_problem("denoise", args.sigma)
+    if problem:
+        raise UsageError(f"--sigma {args.sigma:g}: {problem}")
     if args.output:
-        imageio.format_of(args.output, reading=False)
-        imageio.check_target(args.output, args.overwrite)
+        imageio.check_output_path(args.output, args.overwrite)
     if args.task is None and not args.weights and args.model is None and args.features is None \
             and args.channels is None:
         args.task = "denoise"  # the demo restores with the shipped denoiser unless told otherwise

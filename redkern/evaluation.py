@@ -193,17 +193,30 @@ def main(args=None) -> int:
     if args is None or isinstance(args, list):
         args = add_arguments(argparse.ArgumentParser(prog="redkern eval", description=__doc__.split("\n\n")[0])
                              ).parse_args(args)
-    model = pretrained.load(args.weights or args.task, fused=args.model == "fused", backend=args.backend,
-                            device=args.device)
+    from .validation import UsageError
+    from .weights import WeightsError
+
+    levels = []
+    for text in str(args.level).split(","):
+        problem = pretrained.level_problem(args.task, text.strip())
+        if problem:
+            raise UsageError(f"--level {text.strip()}: {problem}")
+        levels.append(float(text))
+    try:
+        model = pretrained.load(args.weights or args.task, fused=args.model == "fused", backend=args.backend,
+                                device=args.device)
+    except (WeightsError, ValueError, RuntimeError) as e:
+        raise UsageError(f"--weights {e}" if args.weights else str(e)) from None
     if model.task != args.task:
         print(f"redkern eval: warning: the weights were trained for {model.task}, not {args.task}", file=sys.stderr)
     if not args.model == "fused":
         model = model.to(memory_format=torch.channels_last)  # faster convolutions on the CPU
     images = load_images(args.data, model.channels)
     name = f"RED{model.depth}"
-    for level in str(args.level).split(","):
-        level = float(level)
-        pretrained.check_level(model, level)
+    for level in levels:
+        note = pretrained.level_note(model, level)
+        if note:
+            print(f"redkern eval: note: {note}", file=sys.stderr)
         result = evaluate(model, images, args.task, level, ensemble=args.ensemble, baseline=args.baseline,
                           seed=args.seed, name=name, progress=args.progress)
         print(result.markdown())

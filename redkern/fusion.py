@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from . import backends as _backends
@@ -61,6 +62,15 @@ class FusedForward:
     def plan(self) -> Plan:
         """The layer plan this module runs (``print`` it to see every step)."""
         return self._redkern_runtime_state().plan
+
+    def backends_for(self, device, dtype) -> dict[str, tuple[str, str]]:
+        """Per fused layer, ``(backend, algorithm)`` on ``device`` in ``dtype``: resolved once
+        and kept for every later call (``backend`` ``"pytorch"`` where ``"auto"`` found none
+        that runs the layer, the reason as the algorithm). Raises ``BackendUnavailable`` or
+        ``TypeError`` (a dtype no backend here takes) now rather than mid-image."""
+        rt = self._redkern_runtime_state()
+        chosen = rt.layers.for_call(torch.device(device), dtype)
+        return {rt.plan.steps[i].name: (name, label) for i, (name, _, label) in chosen.items()}
 
     def release_buffers(self) -> None:
         """Free the feature maps kept from the last inference call."""

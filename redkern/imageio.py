@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["open_image", "create_image", "read_image", "write_image", "sample_path",
-           "check_target", "stale_temporaries", "remove_stale_temporaries", "to_float", "from_float",
+           "check_target", "check_output", "check_output_path", "stale_temporaries", "remove_stale_temporaries", "to_float", "from_float",
            "rgb_to_ycbcr", "ycbcr_to_rgb", "ChannelPlan",
            "ImageError", "ImageNotFound", "UnsupportedFormat", "UnreadableImage",
            "OutputExists", "OutputIsInput", "OutputNotWritable", "written_by_redkern", "SUFFIXES"]
@@ -86,6 +86,11 @@ class UnsupportedFormat(ImageError):
 
 class UnreadableImage(ImageError):
     """The file exists but cannot be decoded as the image its suffix promises."""
+
+
+class TruncatedImage(ValueError):
+    """Raised by pixel storage when a file is shorter than its header says (``open_image``
+    turns it into an ``UnreadableImage`` naming the file)."""
 
 
 class OutputExists(ImageError, FileExistsError):
@@ -229,6 +234,11 @@ class _MappedPixels:
         self._offset, self._writable = offset, writable
         self._row_items = self.shape[1] * self.shape[2]
         self._fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        need = offset + math.prod(self.shape) * self.dtype.itemsize
+        if not writable and os.fstat(self._fd).st_size < need:
+            have = os.fstat(self._fd).st_size
+            os.close(self._fd)
+            raise TruncatedImage(f"truncated or corrupt: its pixels need {need} bytes, the file has {have}")
         if writable and hasattr(os, "posix_fallocate"):  # not on macOS or Windows
             # Reserve the blocks now: a full disk raises ENOSPC here, before any compute,
             # instead of a SIGBUS from a write through the map of a sparse file.
@@ -321,7 +331,14 @@ class ImageReader:
         self.bigtiff = bigtiff
 
     def read(self, rows: slice, cols: slice) -> np.ndarray:
-        return self._pixels.read(rows, cols)
+        try:
+            return self._pixels.read(rows, cols)
+        except (ValueError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # a codec's error for damaged data (zlib, LZW, JPEG...)
+            raise UnreadableImage(f"{self.path}: truncated or corrupt: rows {rows.start}-{rows.stop} cannot be "
+                                  f"decoded ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                                  path=self.path, reading=True) from e
 
     def close(self):
         self._pixels.close()
@@ -348,6 +365,8 @@ def open_image(path) -> ImageReader:
         raise UnreadableImage(f"{path}: is a directory, not a {fmt} file", path=path, reading=True)
     try:
         reader = _OPENERS[fmt](path)
+    except TruncatedImage as e:
+        raise UnreadableImage(f"{path}: {e}", path=path, reading=True) from e
     except (ImageError, MemoryError):
         raise
     except Exception as e:  # each library has its own errors for a damaged file
@@ -368,7 +387,26 @@ def _hwc_shape(path, shape) -> tuple[int, int, int]:
                             f"channels <= 4], got shape {tuple(shape)}", path=path, reading=True)
 
 
+def _npy_header(path):
+    """``(shape, fortran_order, dtype)`` of a .npy file, or an error in our words."""
+    try:
+        with open(path, "rb") as f:
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(f)
+    except (ValueError, EOFError, SyntaxError) as e:
+        raise UnreadableImage(f"{path}: not a numeric .npy array: its header cannot be read "
+                              f"({str(e).splitlines()[0] if str(e) else type(e).__name__})",
+                              path=path, reading=True) from None
+    if dtype.hasobject:
+        raise UnsupportedFormat(f"{path}: not a numeric .npy array: it holds Python objects "
+                                f"(dtype {dtype}); redkern reads uint8, uint16, float32 and float64 pixels",
+                                path=path, reading=True)
+    return shape, fortran, dtype
+
+
 def _open_npy(path) -> ImageReader:
+    _npy_header(path)
     header = np.load(path, mmap_mode="r")  # maps without touching pixels; only the header is read
     shape, dtype, offset = _hwc_shape(path, header.shape), header.dtype, header.offset
     c_order = header.flags.c_contiguous
@@ -521,28 +559,24 @@ def writable_dtype(fmt: str, dtype, channels: int, alpha: bool) -> str | None:
 
 @contextlib.contextmanager
 def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: bool = False,
-                 overwrite: bool = False, bigtiff: bool | None = None, source=None):
+                 overwrite: bool = False, bigtiff: bool | None = None, source=None, checked: bool = False):
     """A context manager giving an ``ImageWriter`` for a new ``height x width x channels``
     image at ``path``, published atomically when the block exits cleanly.
 
     The pixels go to a temporary beside ``path``; on success it is flushed to disk and
     ``os.replace``-d onto ``path``; on an error or interrupt it is removed and the exception
     goes on. ``bigtiff``: ``None`` chooses (``.btf``/``.tf8`` suffix or over 4 GB).
-    ``source``: the input image, which ``path`` must not be (``check_target``). Stale
-    temporaries of earlier runs to ``path`` whose process is gone are removed first.
+    ``source``: the input image, which ``path`` must not be (``check_target``). ``checked``:
+    ``check_output`` already passed for these arguments (the target is checked again, as
+    always, just before it is replaced). Stale temporaries of earlier runs to ``path`` whose
+    process is gone are removed first.
     Raises ``UnsupportedFormat``, ``OutputExists`` or ``OutputNotWritable`` before any
     pixel is written.
     """
     path = Path(path)
-    fmt = format_of(path, reading=False)
     dtype = np.dtype(dtype)
-    why = writable_dtype(fmt, dtype, channels, alpha)
-    if why:
-        raise UnsupportedFormat(f"{path}: {fmt} cannot store {why}; choose another output "
-                                "format (.tif, .npy, .zarr) or pixel type", path=path, reading=False)
-    check_target(path, overwrite, source=source)
-    if fmt == "zarr":
-        _require_zarr(path, reading=False)
+    fmt = format_of(path, reading=False) if checked else check_output(
+        path, height, width, channels, dtype, alpha=alpha, overwrite=overwrite, source=source)
     if fmt == "tiff" and bigtiff is None:
         bigtiff = path.suffix.lower() in BIGTIFF_SUFFIXES
     remove_stale_temporaries(path)
@@ -567,6 +601,30 @@ def create_image(path, height: int, width: int, channels: int, dtype, *, alpha: 
                 pixels.close()
         _remove(temp)
         raise
+
+
+def check_output_path(path, overwrite: bool = False, source=None) -> str:
+    """The checks that need no pixels: the output format (returned) and the target
+    (``check_target``); what a command line runs before anything else."""
+    fmt = format_of(path, reading=False)
+    check_target(path, overwrite, source=source)
+    if fmt == "zarr":
+        _require_zarr(path, reading=False)
+    return fmt
+
+
+def check_output(path, height: int, width: int, channels: int, dtype, *, alpha: bool = False,
+                 overwrite: bool = False, source=None, path_checked: str | None = None) -> str:
+    """Every check ``create_image`` makes before it writes: ``check_output_path`` (unless
+    ``path_checked`` gives its answer) and whether the format can hold these pixels. Returns
+    the format name."""
+    path = Path(path)
+    fmt = path_checked or check_output_path(path, overwrite, source)
+    why = writable_dtype(fmt, np.dtype(dtype), channels, alpha)
+    if why:
+        raise UnsupportedFormat(f"{path}: {fmt} cannot store {why}; choose another output "
+                                "format (.tif, .npy, .zarr) or pixel type", path=path, reading=False)
+    return fmt
 
 
 def check_target(path, overwrite: bool = False, source=None) -> None:

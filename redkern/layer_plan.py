@@ -26,14 +26,14 @@ import dataclasses
 import math
 import operator
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .epilogue import Act, Epilogue, Residual, output_size
+from .epilogue import Act, Epilogue, Residual
 
 __all__ = ["Plan", "ConvStep", "TorchStep", "Ref", "plan", "PlanError", "conv_geometry", "reference_view"]
 

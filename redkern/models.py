@@ -87,6 +87,25 @@ class REDNet(nn.Module):
             radius = self.__dict__["_receptive_field_radius"] = plan(self).receptive_field_radius()
         return radius
 
+    @staticmethod
+    def config_from_state_dict(state: dict) -> dict:
+        """``{"depth", "channels", "features"}`` of the RED-Net whose ``state_dict`` this is.
+        Raises ``ValueError`` naming the keys that are missing or do not belong."""
+        convs = sorted(int(k[5:-7]) for k in state if k.startswith("conv_") and k.endswith(".weight")
+                       and k[5:-7].isdigit())
+        if not convs:
+            some = ", ".join(list(state)[:4]) or "no keys"
+            raise ValueError(f"no conv_1.weight ({some}{'...' if len(state) > 4 else ''})")
+        n = convs[-1]
+        want = {f"{kind}_{i}.{p}" for kind in ("conv", "deconv") for i in range(1, n + 1) for p in ("weight", "bias")}
+        missing, unexpected = sorted(want - set(state)), sorted(set(state) - want)
+        if missing or unexpected:
+            raise ValueError(f"a RED{2 * n} state_dict has conv_1..conv_{n} and deconv_1..deconv_{n}"
+                             + (f"; missing {', '.join(missing[:6])}" if missing else "")
+                             + (f"; unexpected {', '.join(unexpected[:6])}" if unexpected else ""))
+        w = state["conv_1.weight"]
+        return {"depth": 2 * n, "channels": int(w.shape[1]), "features": int(w.shape[0])}
+
     def encoder(self, i: int) -> nn.Conv2d:
         return getattr(self, f"conv_{i}")
 

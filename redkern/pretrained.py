@@ -27,6 +27,7 @@ The module itself is callable: ``redkern.pretrained(task, ...)`` is ``load(task,
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 import warnings
@@ -34,10 +35,11 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["load", "info", "available", "path", "check_level", "upscale_input", "export",
+from .weights import WEIGHTS_FORMAT
+
+__all__ = ["load", "info", "available", "path", "check_level", "level_note", "level_problem", "upscale_input", "export",
            "WEIGHTS_FORMAT", "WEIGHTS_DIR"]
 
-WEIGHTS_FORMAT = "redkern-weights-v1"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FILES = {"denoise": "red30_denoise.pt", "sr": "red30_sr.pt", "jpeg": "red30_jpeg.pt"}
 
@@ -58,23 +60,11 @@ def path(task: str) -> Path:
 
 
 def _read(source) -> dict:
-    """A weights file's dict: shipped (``WEIGHTS_FORMAT``) or a training checkpoint, made alike."""
-    from .training import CHECKPOINT_FORMAT, load_checkpoint
+    """A weights file's dict (``redkern.weights.read``): a task name means its shipped file."""
+    from .weights import read
 
-    p = path(source) if str(source) in FILES else Path(source)
-    if not p.exists():
-        raise FileNotFoundError(f"no weights file {p}")
-    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-        data = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(data, dict) and data.get("format") == CHECKPOINT_FORMAT:
-        data = load_checkpoint(p)
-        cfg = data["config"]
-        return {"format": WEIGHTS_FORMAT, "task": cfg["task"], "levels": cfg["levels"], "depth": cfg["depth"],
-                "features": cfg["features"], "channels": cfg["channels"], "state_dict": data["model"],
-                "training": _training_summary(data), "source": str(p)}
-    if not isinstance(data, dict) or data.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{p} is neither redkern weights ({WEIGHTS_FORMAT}) nor a training checkpoint")
-    return {**data, "source": str(p)}
+    is_file = isinstance(source, os.PathLike) or isinstance(source, str) and (Path(source).suffix or os.sep in source)
+    return read(Path(source) if is_file else path(source))  # path() names the tasks
 
 
 def info(task_or_file) -> dict:
@@ -105,8 +95,27 @@ def load(task_or_file, *, fused: bool = False, backend: str = "auto", device="cp
     return model
 
 
-def check_level(model_or_task, level) -> None:
-    """Warn when ``level`` (sigma, scale or quality) lies outside what the model was trained on."""
+# What a level can mean at all, whatever a model was trained on (0-255 noise, integer
+# enlargements, JPEG's quality scale).
+LEVEL_LIMITS = {"denoise": ("sigma", 0.0, 255.0, float), "sr": ("scale", 2, 16, int), "jpeg": ("quality", 1, 100, int)}
+
+
+def level_problem(task: str, level) -> str | None:
+    """Why ``level`` means nothing for ``task`` (a negative sigma, scale 0, quality 500...), or None."""
+    name, lo, hi, kind = LEVEL_LIMITS[task]
+    try:
+        value = float(level)
+    except (TypeError, ValueError):
+        return f"{name} must be a number, got {level!r}"
+    if value != value or not lo <= value <= hi or (kind is int and value != int(value)):
+        what = "an integer" if kind is int else "a number"
+        return f"{name} {level!r} is not {what} in [{lo}, {hi}]"
+    return None
+
+
+def level_note(model_or_task, level) -> str | None:
+    """A one-line note when ``level`` (sigma, scale or quality) lies outside what the model was
+    trained on, else None."""
     from .degradations import Degradation
 
     if isinstance(model_or_task, str):
@@ -116,8 +125,21 @@ def check_level(model_or_task, level) -> None:
     d = Degradation(task, levels)
     lo, hi = (d.levels[0], d.levels[-1])
     if not lo <= float(level) <= hi or (task == "sr" and int(level) not in d.levels):
-        warnings.warn(f"the {task} model was trained on {d.describe()}; {d.level_name} {level:g} "
-                      "is outside that, expect weaker results", stacklevel=2)
+        return (f"the {task} model was trained on {d.describe()}; {d.level_name} {float(level):g} "
+                "is outside that, expect weaker results")
+    return None
+
+
+def check_level(model_or_task, level) -> None:
+    """``ValueError`` for a level no model can mean; a warning (``level_note``) for one outside
+    what the model was trained on."""
+    task = model_or_task if isinstance(model_or_task, str) else model_or_task.task
+    problem = level_problem(task, level)
+    if problem:
+        raise ValueError(problem)
+    note = level_note(model_or_task, level)
+    if note:
+        warnings.warn(note, stacklevel=2)
 
 
 def upscale_input(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -125,14 +147,6 @@ def upscale_input(x: torch.Tensor, scale: int) -> torch.Tensor:
     from .degradations import bicubic_resize, quantize
 
     return quantize(bicubic_resize(x.float(), (x.shape[-2] * scale, x.shape[-1] * scale))).to(x.dtype)
-
-
-def _training_summary(ckpt: dict) -> dict:
-    vals = [h for h in ckpt["history"] if "val_psnr" in h]
-    return {"steps": ckpt["step"], "elapsed_s": round(float(ckpt["elapsed_s"]), 1), "device": ckpt["device"],
-            "torch": str(ckpt.get("torch", "")), "model_kind": ckpt["model_kind"], "config": ckpt["config"],
-            "final_val_psnr": round(vals[-1]["val_psnr"], 3) if vals else None,
-            "final_val_input_psnr": round(vals[-1]["input_psnr"], 3) if vals else None}
 
 
 def export(checkpoint, out, *, dtype: torch.dtype = torch.float16, extra: dict | None = None) -> dict:

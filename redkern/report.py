@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layer_plan import ConvStep, Plan, TorchStep
+from .layer_plan import ConvStep, Plan
 
 __all__ = ["plan_table", "explain"]
 

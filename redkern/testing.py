@@ -304,3 +304,12 @@ def randomize_(module: nn.Module) -> nn.Module:
         elif isinstance(m, nn.PReLU):
             m.weight.data.uniform_(0.05, 0.5)
     return module
+
+
+def backends_here() -> list[str]:
+    """The backends that run CPU tensors on this machine: ``cpu`` (our C++ kernels), ``triton``
+    (under its interpreter, ``TRITON_INTERPRET=1``), ``cuda_emu`` (the CUDA C++ kernels under
+    our host emulation). Backend tests run over all of them."""
+    from .backends import status
+
+    return [name for name, st in status().items() if st["available"] and "cpu" in st["devices"]]

@@ -37,7 +37,7 @@ import torch
 log = logging.getLogger("redkern")
 
 __all__ = ["Tile", "TiledRun", "InexactTilingWarning", "plan_tiles", "resolve_halo", "tiled",
-           "run_tiled", "restore_file"]
+           "run_tiled", "restore_file", "prepare_restore", "RestoreJob", "tile_overhead", "smallest_window"]
 
 
 class InexactTilingWarning(UserWarning):
@@ -87,6 +87,16 @@ def _axis_spans(length: int, tile: int, halo: int) -> list[tuple[int, int, int, 
     return spans
 
 
+def _check_tile(tile):
+    """``tile`` as given, if it is an int >= 1 or a pair of them; else a TypeError/ValueError."""
+    pair = (tile, tile) if not isinstance(tile, (tuple, list)) else tuple(tile)
+    if len(pair) != 2 or not all(isinstance(t, int) and not isinstance(t, bool) for t in pair):
+        raise TypeError(f"tile must be an int or a pair (rows, cols) of ints, got {tile!r}")
+    if min(pair) < 1:
+        raise ValueError(f"tile must be >= 1, got {tile!r}")
+    return tile
+
+
 def plan_tiles(height: int, width: int, tile, halo: int) -> list[Tile]:
     """The tiles covering a ``height x width`` image, row by row.
 
@@ -100,6 +110,21 @@ def plan_tiles(height: int, width: int, tile, halo: int) -> list[Tile]:
     return [Tile((slice(wy0, wy1), slice(wx0, wx1)), (slice(cy0, cy1), slice(cx0, cx1)))
             for wy0, wy1, cy0, cy1 in _axis_spans(height, th, halo)
             for wx0, wx1, cx0, cx1 in _axis_spans(width, tw, halo)]
+
+
+def tile_overhead(tiles: list[Tile], height: int, width: int) -> float:
+    """Pixels the model computes over pixels kept: 1.0 for one window, more as halos repeat."""
+    computed = sum((t.window[0].stop - t.window[0].start) * (t.window[1].stop - t.window[1].start) for t in tiles)
+    return computed / (height * width)
+
+
+def smallest_window(height: int, width: int, halo: int, max_overhead: float) -> int:
+    """The smallest square window whose tiles of a ``height x width`` image cost at most
+    ``max_overhead`` times whole-image inference."""
+    tile = max(2 * halo + 1, int(2 * halo * max_overhead ** 0.5 / (max_overhead ** 0.5 - 1)) - 1)
+    while tile < max(height, width) and tile_overhead(plan_tiles(height, width, tile, halo), height, width) > max_overhead:
+        tile += max(1, tile // 32)
+    return tile
 
 
 def resolve_halo(model, halo: int | None, allow_inexact: bool = False) -> int:
@@ -281,6 +306,12 @@ def run_tiled(model, source, sink, *, tile=512, halo: int | None = None, batch: 
         raise ValueError(f"batch and prefetch must be >= 1, got {batch} and {prefetch}")
     halo = resolve_halo(model, halo, allow_inexact)
     tiles = plan_tiles(source.height, source.width, tile, halo)
+    return _run(model, source, sink, tiles, halo, batch, quiet, prefetch, desc)
+
+
+def _run(model, source, sink, tiles: list[Tile], halo: int, batch: int, quiet: bool, prefetch: int,
+         desc: str) -> TiledRun:
+    """The engine of ``run_tiled``, on tiles already planned."""
     groups = [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
     device, dtype = _model_device_dtype(model)
     transfers = _Transfers(device, dtype)
@@ -364,6 +395,7 @@ def tiled(model, image: torch.Tensor, *, tile=512, halo: int | None = None, batc
                      allow_inexact=allow_inexact, quiet=quiet)[0]
     if image.numel() == 0:
         raise ValueError(f"tiled: empty image of shape {tuple(image.shape)}")
+    _check_tile(tile)
     tiles = _TensorTiles(image)
     run_tiled(model, tiles, tiles, tile=tile, halo=halo, batch=batch, allow_inexact=allow_inexact,
               quiet=quiet)
@@ -388,6 +420,69 @@ class _FileTiles:
         self.writer.write(*tile.core, self.plan.image_output(y[0].numpy(), pixels[rows, cols]))
 
 
+@dataclasses.dataclass
+class RestoreJob:
+    """One image file to restore with every check already made (``prepare_restore``):
+    ``run()`` writes the target, tile by tile, and publishes it when complete."""
+
+    model: object
+    reader: object
+    target: object
+    channels: object  # imageio.ChannelPlan
+    tiles: list
+    halo: int
+    batch: int
+    overwrite: bool
+    quiet: bool
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        w = self.tiles[0].window
+        return (w[0].stop - w[0].start, w[1].stop - w[1].start)
+
+    def run(self) -> TiledRun:
+        from . import imageio
+
+        reader = self.reader
+        log.info("%s: %dx%d, %d channel(s), %s; restoring %s", reader.path, reader.height, reader.width,
+                 reader.channels, reader.dtype, self.channels.describe())
+        with imageio.create_image(self.target, reader.height, reader.width, reader.channels,
+                                  self.channels.out_dtype, alpha=reader.alpha, overwrite=self.overwrite,
+                                  bigtiff=reader.bigtiff or None, source=reader.path, checked=True) as writer:
+            tiles = _FileTiles(reader, writer, self.channels)
+            return _run(self.model, tiles, tiles, self.tiles, self.halo, self.batch, self.quiet, 2, "redkern")
+
+
+def prepare_restore(model, reader, target, *, tile=512, halo: int | None = None, batch: int = 1,
+                    allow_inexact: bool = False, overwrite: bool = False, out_dtype=None, quiet: bool = False,
+                    max_overhead: float | None = None, path_checked: str | None = None) -> RestoreJob:
+    """Every check ``restore_file`` makes before it computes anything, made once: the target
+    (format, pixel type, existing file, the input itself), the channels, the halo and the tiles
+    (``max_overhead``: refuse windows whose halos cost more than that many times whole-image
+    inference). ``reader``: an open ``imageio.ImageReader``; ``path_checked``: the answer of an
+    earlier ``imageio.check_output_path(target, ...)``. Raises ``ValueError`` or an
+    ``imageio.ImageError``."""
+    from . import imageio
+
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+    model_channels = getattr(model, "channels", reader.channels - int(reader.alpha))
+    out_dtype = reader.dtype if out_dtype is None else out_dtype
+    channels = imageio.ChannelPlan(reader.channels, reader.alpha, model_channels, out_dtype)
+    imageio.check_output(target, reader.height, reader.width, reader.channels, channels.out_dtype,
+                         alpha=reader.alpha, overwrite=overwrite, source=reader.path, path_checked=path_checked)
+    halo = resolve_halo(model, halo, allow_inexact)
+    tiles = plan_tiles(reader.height, reader.width, _check_tile(tile), halo)
+    if max_overhead is not None:
+        overhead = tile_overhead(tiles, reader.height, reader.width)
+        if overhead > max_overhead:
+            raise ValueError(f"a window of {tile} px with a halo of {halo} px computes {overhead:.1f}x the pixels "
+                             f"it keeps on this {reader.height}x{reader.width} image (at most {max_overhead:g}x "
+                             f"allowed); the smallest sensible window is "
+                             f"{smallest_window(reader.height, reader.width, halo, max_overhead)} px")
+    return RestoreJob(model, reader, target, channels, tiles, halo, batch, overwrite, quiet)
+
+
 def restore_file(model, source, target, *, tile=512, halo: int | None = None, batch: int = 1,
                  allow_inexact: bool = False, overwrite: bool = False, out_dtype=None,
                  quiet: bool = False) -> TiledRun:
@@ -406,14 +501,6 @@ def restore_file(model, source, target, *, tile=512, halo: int | None = None, ba
     opened = (contextlib.nullcontext(source) if isinstance(source, imageio.ImageReader)
               else imageio.open_image(source))
     with opened as reader:
-        model_channels = getattr(model, "channels", reader.channels - int(reader.alpha))
-        out_dtype = reader.dtype if out_dtype is None else out_dtype
-        plan = imageio.ChannelPlan(reader.channels, reader.alpha, model_channels, out_dtype)
-        log.info("%s: %dx%d, %d channel(s), %s; restoring %s", reader.path, reader.height, reader.width,
-                 reader.channels, reader.dtype, plan.describe())
-        with imageio.create_image(target, reader.height, reader.width, reader.channels, plan.out_dtype,
-                                  alpha=reader.alpha, overwrite=overwrite,
-                                  bigtiff=reader.bigtiff or None, source=reader.path) as writer:
-            tiles = _FileTiles(reader, writer, plan)
-            return run_tiled(model, tiles, tiles, tile=tile, halo=halo, batch=batch,
-                             allow_inexact=allow_inexact, quiet=quiet)
+        return prepare_restore(model, reader, target, tile=tile, halo=halo, batch=batch,
+                               allow_inexact=allow_inexact, overwrite=overwrite, out_dtype=out_dtype,
+                               quiet=quiet).run()

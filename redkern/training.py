@@ -41,7 +41,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -52,11 +51,11 @@ import torch
 import torch.nn.functional as F
 
 from .degradations import DEFAULT_LEVELS, TASKS, Degradation
+from .weights import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 
 __all__ = ["TrainConfig", "train", "load_images", "PatchStream", "build_model", "lr_at",
            "load_checkpoint", "add_arguments", "main", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = "redkern-checkpoint-v1"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
 HEADLINE_LEVEL = {"denoise": 25, "sr": 2, "jpeg": 10}  # the level validation reports by default
 
@@ -131,12 +130,15 @@ def _model_pixels(pixels: np.ndarray, channels: int, alpha: bool) -> np.ndarray:
 
 
 def image_files(folder) -> list[Path]:
+    """The image files in ``folder``, sorted; ``imageio.ImageNotFound`` if there are none."""
+    from .imageio import ImageNotFound
+
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise ImageNotFound(f"{folder}: no such image folder", path=folder, reading=True)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+        raise ImageNotFound(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it", path=folder, reading=True)
     return files
 
 
@@ -288,27 +290,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr
     progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def load_checkpoint(path, map_location="cpu") -> dict:
-    """A training checkpoint (``weights_only``: plain tensors, numbers and strings)."""
-    # TorchVersion (a str) is allowed for checkpoints written before it was stored as a str
-    with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a redkern training checkpoint ({CHECKPOINT_FORMAT})")
-    return ckpt
 
 
 # --- validation ---------------------------------------------------------------------------
@@ -511,13 +492,13 @@ def train(cfg: TrainConfig) -> dict:
             if final and step < cfg.steps:
                 _log(f"stopping at step {step} of {cfg.steps} ({'--stop-at' if cfg.stop_at else 'time budget'}); "
                      "run again with the same --out to resume")
-            _atomic_save(state(step >= cfg.steps), out)
+            save_atomic(state(step >= cfg.steps), out)
             last_save = time.perf_counter()
         if final:
             break
     bar.close()
     result = state(step >= cfg.steps)
-    _atomic_save(result, out)
+    save_atomic(result, out)
     _log(f"saved {out} (step {step}, {result['elapsed_s']:.0f} s)")
     return result
 
@@ -576,7 +557,13 @@ def main(args=None) -> int:
     if args is None or isinstance(args, list):
         args = add_arguments(argparse.ArgumentParser(prog="redkern train", description=__doc__.split("\n\n")[0])
                              ).parse_args(args)
-    result = train(config_from_args(args))
+    from .validation import UsageError
+
+    try:
+        cfg = config_from_args(args).resolved()
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+    result = train(cfg)
     last = [h for h in result["history"] if "val_psnr" in h]
     print(json.dumps({"out": str(args.out), "step": result["step"], "elapsed_s": round(result["elapsed_s"], 1),
                       "val_psnr": last[-1]["val_psnr"] if last else None}))

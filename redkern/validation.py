@@ -12,6 +12,10 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
+class UsageError(ValueError):
+    """Arguments that cannot work (the command line's exit code 2); the message says which."""
+
+
 def check_image_batch(x: torch.Tensor, channels: int | None, weight: torch.Tensor, where: str) -> None:
     """Raise a ``ValueError``/``TypeError`` naming what is wrong with an image batch ``x``.
 

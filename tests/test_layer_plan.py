@@ -16,7 +16,7 @@ import redkern
 from redkern import testing as T
 from redkern.epilogue import Act, Residual
 from redkern.executor import as_module, run
-from redkern.layer_plan import ConvStep, PlanError, TorchStep
+from redkern.layer_plan import PlanError
 
 RED30_SKIPS = {1: 14, 3: 12, 5: 10, 7: 8, 9: 6, 11: 4, 13: 2}  # the released pairs, by hand
 

@@ -6,7 +6,8 @@
 
 What every backend module provides (the one contract the ops and the executor call):
 
-``status() -> {"available", "devices", "detail"}`` and ``check_can_run(device)``.
+``status() -> {"available", "devices", "detail"}``, ``check_can_run(device)`` and
+``supported_dtypes()`` (the activation dtypes its kernels take here).
 
 ``algorithm(cin, cout, kernel, padding, transposed, dtype) -> str``
     A short label of how this backend computes such a layer (``"winograd F(4x4,3x3)"``,

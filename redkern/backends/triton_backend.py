@@ -43,6 +43,11 @@ def _dtypes() -> tuple[torch.dtype, ...]:
     return INTERPRETER_DTYPES if _kernels.INTERPRETED else GPU_DTYPES
 
 
+def supported_dtypes() -> tuple[torch.dtype, ...]:
+    """The activation dtypes the kernels take here (none when triton is missing)."""
+    return _dtypes() if _kernels is not None else ()
+
+
 def _names(dtypes) -> str:
     return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
 
