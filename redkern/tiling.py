@@ -271,11 +271,9 @@ class _Progress:
     """A tqdm bar of tiles with megapixels/s and ETA; silent when quiet or stderr is no TTY."""
 
     def __init__(self, tiles: int, quiet: bool, desc: str):
-        from tqdm import tqdm
+        from .progress import progress_bar
 
-        tty = sys.stderr is not None and hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
-        self.bar = tqdm(total=tiles, unit="tile", desc=desc, disable=quiet or not tty,
-                        file=sys.stderr, dynamic_ncols=True)
+        self.bar = progress_bar(total=tiles, unit="tile", desc=desc, disable=quiet)
         self.start, self.pixels = time.perf_counter(), 0
 
     def done(self, group, images: int):

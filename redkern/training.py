@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from .degradations import DEFAULT_LEVELS, TASKS, Degradation
+from .progress import progress_bar
 from .weights import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 
 __all__ = ["TrainConfig", "train", "load_images", "PatchStream", "build_model", "lr_at",
@@ -343,7 +344,6 @@ def _log(msg: str) -> None:
 
 def train(cfg: TrainConfig) -> dict:
     """Train (or resume) as ``cfg`` says; return the final checkpoint dict (also saved to ``cfg.out``)."""
-    from tqdm import tqdm
 
     cfg = cfg.resolved()
     out = Path(cfg.out)
@@ -412,8 +412,8 @@ def train(cfg: TrainConfig) -> dict:
     # autotuning), then again every 1000 steps until halfway, so the cosine ends on time.
     calibrate = {"next": step + 200, "prev": None} if cfg.time_budget and not resumed else None
     deadline = t0 + cfg.time_budget if cfg.time_budget else None
-    bar = tqdm(total=cfg.steps, initial=step, desc=cfg.task, disable=not cfg.progress, dynamic_ncols=True,
-               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    bar = progress_bar(total=cfg.steps, initial=step, desc=cfg.task, disable=not cfg.progress,
+                       terminal_only=False, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     model.train()
     batches = iter(loader)
     while step < cfg.steps and (cfg.stop_at is None or step < cfg.stop_at):
