@@ -60,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(e, ImageError):
             return _fail(EXIT_INPUT if e.reading else EXIT_OUTPUT, _cli_words(str(e)))
+        from .validation import NonFiniteInput
+
+        if isinstance(e, NonFiniteInput):
+            return _fail(EXIT_INPUT, f"{args.input if hasattr(args, 'input') else 'the input'}: {e}"
+                         .replace("set model.nonfinite = 'propagate' to let them through", "clean the image"))
         if isinstance(e, BackendUnavailable):
             return _fail(EXIT_USAGE, f"{e} (--backend reference runs the plain PyTorch model)")
         return _fail(EXIT_FAILED, f"failed: {type(e).__name__}: {e}")

@@ -32,6 +32,7 @@ from . import backends as _backends
 from .backends.common import BackendUnavailable, WeightCache, conv_weight, is_channels_last, to_nhwc
 from .epilogue import apply_epilogue, kernel_slopes, output_size
 from .layer_plan import ConvStep, Plan, TorchStep, substitute
+from .validation import WorkingSetTooLarge
 
 __all__ = ["run", "needs_ops", "BufferPool", "LayerBackends", "as_module", "MODES"]
 
@@ -63,6 +64,7 @@ class LayerBackends:
             raise ValueError(f"unknown backend {backend!r}; choose one of {_backends.BACKEND_NAMES}")
         self.plan, self.backend = plan, backend
         self._cache: dict = {}
+        self.checked_signatures: set = set()  # inputs whose working set was found to fit
         self._lock = threading.Lock()
 
     def for_call(self, device: torch.device, dtype: torch.dtype) -> dict[int, tuple]:
@@ -184,7 +186,7 @@ def run(plan: Plan, root: nn.Module, inputs: tuple, *, backend: str = "auto", mo
     chosen = layers.for_call(first.device, first.dtype) if plan.conv_steps else {}
     if mode == "ops":
         return _run_ops(plan, root, env, chosen, first)
-    return _run_kernels(plan, root, env, chosen, first, pool)
+    return _run_kernels(plan, root, env, chosen, first, pool, layers)
 
 
 def _run_torch_step(step: TorchStep, env, root):
@@ -268,10 +270,43 @@ def _run_ops(plan: Plan, root, env, chosen, first):
     return out
 
 
-def _run_kernels(plan: Plan, root, env, chosen, first, pool):
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device`` (the kernel's MemAvailable on a Linux CPU,
+    the free plus cached-but-unused memory on CUDA), or None where that is not known."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_working_set(plan: Plan, x: Tensor) -> None:
+    """Raise ``WorkingSetTooLarge`` when the feature maps a whole-image call holds at once would
+    not fit in the memory left, before any of them is allocated (the kernel's OOM killer gives
+    no message)."""
+    need, maps = plan.peak_bytes(tuple(x.shape), x.element_size())
+    free = available_memory(x.device)
+    if free is not None and need > free:
+        raise WorkingSetTooLarge(
+            f"{plan.root} on a {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} input needs about "
+            f"{need / 2**30:.1f} GiB of feature maps at once ({maps} maps), and {free / 2**30:.1f} GiB are "
+            f"available on {x.device}: restore it tile by tile, redkern.tiled(model, x, tile=1024) "
+            "(the redkern restore command tiles already)")
+
+
+def _run_kernels(plan: Plan, root, env, chosen, first, pool, layers):
     pooled = pool is not None and first.device.type == "cpu"  # CUDA's caching allocator already reuses memory
     signature = tuple((tuple(t.shape), t.dtype, t.device) if isinstance(t, Tensor) else None
                       for t in (env[v] for v in plan.inputs))
+    if signature not in layers.checked_signatures:
+        check_working_set(plan, first)
+        layers.checked_signatures.add(signature)
     maps = _CallMaps(pool.take(signature) if pooled else {})
     dying: dict[int, list[int]] = {}
     for v, i in plan.last_uses().items():

@@ -22,17 +22,19 @@ class FusedREDNet(FusedForward, REDNet):
     """RED-Net whose every layer is one fused kernel call (see ``redkern.ops``).
 
     Args: as ``REDNet``, plus ``backend``: ``"auto"`` picks per device (CPU: C++; CUDA:
-    Triton, else CUDA C++) or a name from ``redkern.backends()`` forces one.
+    Triton, else CUDA C++) or a name from ``redkern.backends()`` forces one; ``nonfinite``:
+    ``"raise"`` (refuse NaN/inf inputs) or ``"propagate"`` (see ``FusedForward.nonfinite``).
     """
 
     _redkern_reference_class = REDNet
 
     def __init__(self, depth: int = 30, channels: int = 1, features: int = 64,
-                 skips: bool | None = None, backend: str = "auto"):
+                 skips: bool | None = None, backend: str = "auto", nonfinite: str = "raise"):
         super().__init__(depth, channels, features, skips)
         if backend not in _backends.BACKEND_NAMES:
             raise ValueError(f"unknown backend {backend!r}; choose one of {_backends.BACKEND_NAMES}")
         self._redkern_backend = backend
+        self.nonfinite = nonfinite
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", backend={self.backend!r}"

@@ -27,11 +27,14 @@ from torch import nn
 
 from . import backends as _backends
 from .executor import BufferPool, LayerBackends, run
+from .validation import check_finite
 from .layer_plan import RUNTIME_ATTRIBUTES, Plan, PlanError, own_containers, plan as make_plan, reference_view
 
 __all__ = ["fuse", "FusedForward", "is_fused"]
 
-_RUNTIME, _BACKEND = RUNTIME_ATTRIBUTES  # plan, backends and pooled maps; the backend asked for
+# plan, backends and pooled maps (never pickled); the backend asked for; the NaN/inf policy
+_RUNTIME, _BACKEND, _NONFINITE = RUNTIME_ATTRIBUTES
+NONFINITE_POLICIES = ("raise", "propagate")
 _UNTRACED = "_redkern_untraced"  # why a partly fused module's own forward did not trace
 
 
@@ -54,8 +57,25 @@ class FusedForward:
         """The backend asked for: ``"auto"`` or a name from ``redkern.backends()``."""
         return self.__dict__.get(_BACKEND, "auto")
 
+    @property
+    def nonfinite(self) -> str:
+        """``"raise"`` (the default): inputs holding NaN or inf are refused with
+        ``NonFiniteInput`` (one cheap pass over each input per call), because the fused kernels
+        would spread them further than PyTorch does. ``"propagate"``: let them through; every
+        output PyTorch would make NaN is NaN here too, and some more (a Winograd layer reaches
+        up to 4 more pixels). Not checked while compiling or tracing."""
+        return self.__dict__.get(_NONFINITE, "raise")
+
+    @nonfinite.setter
+    def nonfinite(self, value: str) -> None:
+        if value not in NONFINITE_POLICIES:
+            raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {value!r}")
+        self.__dict__[_NONFINITE] = value
+
     def forward(self, *inputs):
         rt = self._redkern_runtime_state()
+        if self.nonfinite == "raise" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+            check_finite(inputs, f"{type(self).__name__}.forward")
         return run(rt.plan, self, inputs, backend=self.backend, layers=rt.layers, pool=rt.pool)
 
     @property
@@ -91,12 +111,12 @@ class FusedForward:
 
     def __reduce_ex__(self, protocol):
         if type(self)._redkern_dynamic:
-            return (_fuse_again, (reference_view(self, detach=True), self.backend))
+            return (_fuse_again, (reference_view(self, detach=True), self.backend, self.nonfinite))
         return super().__reduce_ex__(protocol)
 
 
-def _fuse_again(module: nn.Module, backend: str) -> nn.Module:
-    return fuse(module, backend=backend)
+def _fuse_again(module: nn.Module, backend: str, nonfinite: str = "raise") -> nn.Module:
+    return fuse(module, backend=backend, nonfinite=nonfinite)
 
 
 _CLASSES: dict[type, type] = {}
@@ -118,15 +138,17 @@ def is_fused(module: nn.Module) -> bool:
     return any(isinstance(m, FusedForward) for m in module.modules())
 
 
-def fuse(module: nn.Module, *, backend: str = "auto", example_inputs=None) -> nn.Module:
+def fuse(module: nn.Module, *, backend: str = "auto", example_inputs=None, nonfinite: str = "raise") -> nn.Module:
     """``module`` with its convolutions run by redkern's fused kernels (see the module docstring).
 
     ``backend``: ``"auto"`` (per layer, the device's preferred backend that can run it, else
     PyTorch, as the report says) or a name from ``redkern.backends()`` (every fused layer on
     it, or ``BackendUnavailable`` naming the layer it cannot run). ``example_inputs``: as for
-    ``redkern.plan``. Returns a new module sharing ``module``'s parameters; ``module`` itself
-    is left as it was.
+    ``redkern.plan``. ``nonfinite``: what to do with NaN/inf inputs (``FusedForward.nonfinite``).
+    Returns a new module sharing ``module``'s parameters; ``module`` itself is left as it was.
     """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"fuse: nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     if not isinstance(module, nn.Module):
         raise TypeError(f"fuse: expected an nn.Module, got {type(module).__name__}")
     if backend not in _backends.BACKEND_NAMES:
@@ -136,23 +158,24 @@ def fuse(module: nn.Module, *, backend: str = "auto", example_inputs=None) -> nn
     try:
         plan = make_plan(module, example_inputs)
     except PlanError as e:
-        return _fuse_parts(module, backend, str(e))
+        return _fuse_parts(module, backend, str(e), nonfinite)
     fused = copy.copy(module)
     own_containers(fused)
     fused.__class__ = _fused_class(type(module))
     fused.__dict__[_BACKEND] = backend
+    fused.__dict__[_NONFINITE] = nonfinite
     fused.__dict__[_RUNTIME] = _Runtime(plan, backend)
     return fused
 
 
-def _fuse_parts(module: nn.Module, backend: str, why: str) -> nn.Module:
+def _fuse_parts(module: nn.Module, backend: str, why: str, nonfinite: str) -> nn.Module:
     """``module`` with its own forward, each child that holds a convolution fused."""
     whole = copy.copy(module)
     own_containers(whole)
     whole.__dict__[_UNTRACED] = why
     for name, child in module.named_children():
         if any(isinstance(m, nn.modules.conv._ConvNd) for m in child.modules()):
-            whole._modules[name] = fuse(child, backend=backend)
+            whole._modules[name] = fuse(child, backend=backend, nonfinite=nonfinite)
     return whole
 
 

@@ -39,7 +39,7 @@ __all__ = ["Plan", "ConvStep", "TorchStep", "Ref", "plan", "PlanError", "conv_ge
 
 # What a fused module (redkern.fuse) keeps beside its reference class's state: its runtime
 # (plan, per-layer backends, pooled maps; never pickled) and the backend name asked for.
-RUNTIME_ATTRIBUTES = ("_redkern_runtime", "_redkern_backend")
+RUNTIME_ATTRIBUTES = ("_redkern_runtime", "_redkern_backend", "_redkern_nonfinite")
 
 
 class PlanError(RuntimeError):
@@ -356,6 +356,25 @@ class Plan:
             if len(s) == 4:
                 out[v] = (_rescale(s[2], h0, h), _rescale(s[3], w0, w))
         return out
+
+    def peak_bytes(self, input_shape, itemsize: int) -> tuple[int, int]:
+        """``(bytes, maps)``: the most memory the values made by the steps hold at once (each
+        freed after its last reader), for an input of ``input_shape`` ``[N, C, H, W]`` and
+        elements of ``itemsize`` bytes; the number of values live at that peak."""
+        n, _, h, w = input_shape
+        sizes = self.value_sizes(h, w)
+        last = self.last_uses()
+        live, peak, peak_maps = {}, 0, 0
+        for i, step in enumerate(self.steps):
+            shape = self.shapes.get(step.dst)
+            if shape is not None and len(shape) == 4 and step.dst in sizes:
+                live[step.dst] = n * shape[1] * sizes[step.dst][0] * sizes[step.dst][1] * itemsize
+            total = sum(live.values())
+            if total > peak:
+                peak, peak_maps = total, len(live)
+            for v in [v for v in live if last.get(v) == i]:
+                del live[v]
+        return peak, peak_maps
 
     def __str__(self) -> str:
         from .report import plan_table

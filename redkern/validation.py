@@ -1,8 +1,9 @@
 """Input checks shared by the models and the ops: one wording for every entry point.
 
-Policy for non-finite values: they propagate as in PyTorch (a NaN in the input gives NaN
-in the outputs it reaches); nothing here scans tensor values, which would cost a pass over
-the data on every call.
+Policy for non-finite values: the checks here never read tensor values, except
+``check_finite``, which fused models run once per call on their inputs (``nonfinite="raise"``,
+the default): one cheap pass over the input, because the fused kernels would spread a NaN or
+an inf further than PyTorch does (a Winograd tile mixes a 6x6 block of its input).
 """
 
 from __future__ import annotations
@@ -10,6 +11,14 @@ from __future__ import annotations
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+class NonFiniteInput(ValueError):
+    """An input holds NaN or inf, which a fused model refuses unless told to let them through."""
+
+
+class WorkingSetTooLarge(MemoryError):
+    """A whole-image call would need more memory than the machine has; tile it instead."""
 
 
 class UsageError(ValueError):
@@ -44,3 +53,19 @@ def check_image_batch(x: torch.Tensor, channels: int | None, weight: torch.Tenso
 
 
 check_image_batch._redkern_check = True  # plans keep it as an input check (redkern.plan)
+
+
+def check_finite(inputs, where: str) -> None:
+    """Raise ``NonFiniteInput`` if a floating tensor among ``inputs`` holds NaN or inf."""
+    for t in inputs:
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or type(t) is not torch.Tensor \
+                or t.device.type == "meta":
+            continue
+        bad = ~torch.isfinite(t)
+        if bad.any():
+            first = [int(i) for i in bad.nonzero()[0]]
+            raise NonFiniteInput(
+                f"{where}: the input holds {int(bad.sum())} NaN/inf value(s), the first at index {first}; "
+                "the fused kernels would spread them further than PyTorch (a Winograd tile mixes 6x6 input "
+                "pixels), so they are refused: clean the input (torch.nan_to_num) or set "
+                "model.nonfinite = 'propagate' to let them through")
