@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(EXIT_INPUT if e.reading else EXIT_OUTPUT, _cli_words(str(e)))
         from .validation import NonFiniteInput
 
-        if isinstance(e, NonFiniteInput):
-            return _fail(EXIT_INPUT, f"{args.input if hasattr(args, 'input') else 'the input'}: {e}"
-                         .replace("set model.nonfinite = 'propagate' to let them through", "clean the image"))
+        if isinstance(e, NonFiniteInput):  # a tile's [n, c, y, x]: the pixel is not where the tile is
+            return _fail(EXIT_INPUT, f"{getattr(args, 'input', 'the input')}: holds NaN or inf pixel values, which "
+                         "the fused kernels would spread beyond their reach; replace them first (or run "
+                         "--backend reference, which propagates them as PyTorch does)")
         if isinstance(e, BackendUnavailable):
             return _fail(EXIT_USAGE, f"{e} (--backend reference runs the plain PyTorch model)")
         return _fail(EXIT_FAILED, f"failed: {type(e).__name__}: {e}")

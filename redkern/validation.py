@@ -14,7 +14,12 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class NonFiniteInput(ValueError):
-    """An input holds NaN or inf, which a fused model refuses unless told to let them through."""
+    """An input holds NaN or inf, which a fused model refuses unless told to let them through.
+    ``count``: how many values; ``first``: the index of the first."""
+
+    def __init__(self, message: str, count: int = 0, first=()):
+        super().__init__(message)
+        self.count, self.first = count, list(first)
 
 
 class WorkingSetTooLarge(MemoryError):
@@ -68,4 +73,4 @@ def check_finite(inputs, where: str) -> None:
                 f"{where}: the input holds {int(bad.sum())} NaN/inf value(s), the first at index {first}; "
                 "the fused kernels would spread them further than PyTorch (a Winograd tile mixes 6x6 input "
                 "pixels), so they are refused: clean the input (torch.nan_to_num) or set "
-                "model.nonfinite = 'propagate' to let them through")
+                "model.nonfinite = 'propagate' to let them through", int(bad.sum()), first)
