@@ -131,7 +131,7 @@ __attribute__((always_inline)) inline void store_block(const typename S::V (&acc
   }
   const int nch = min_int(j.cout - co, NV * S::kW);
   if (nch <= 0) return;
-  alignas(64) float spill[PX * NV * S::kW];
+  float spill[PX * NV * S::kW];
 #pragma GCC unroll 8
   for (int p = 0; p < PX; ++p)
 #pragma GCC unroll 4
