@@ -18,17 +18,35 @@ Isa best_supported_isa() {
   return Isa::kGeneric;
 }
 
+IsaKernels table_of(ConvFn df, ConvFn db, ConvFn wf, ConvFn wb, ConvFn ff, ConvFn fb,
+                    double (*peak)(int)) {
+  return IsaKernels{df, db, wf, wb, ff, fb, peak};
+}
+
+#define REDKERN_ISA_TABLE(isa)                                                          \
+  table_of(isa::direct_f32, isa::direct_bf16, isa::winograd4_f32, isa::winograd4_bf16, \
+           isa::few_cout_f32, isa::few_cout_bf16, isa::fma_peak)
+
 const IsaKernels& kernels_for(Isa isa) {
   if (!isa_supported(isa))
     throw std::invalid_argument(std::string("this CPU does not support the ") + isa_name(isa) +
                                 " kernels");
-  switch (isa) {
+  static const IsaKernels generic_table = REDKERN_ISA_TABLE(generic);
 #if defined(REDKERN_X86)
-    case Isa::kAvx2: return avx2_kernels();
-    case Isa::kAvx512: return avx512_kernels();
-#endif
-    default: return generic_kernels();
+  static const IsaKernels avx2_table = REDKERN_ISA_TABLE(avx2);
+  static const IsaKernels avx512_table = REDKERN_ISA_TABLE(avx512);
+  switch (isa) {
+    case Isa::kAvx2: return avx2_table;
+    case Isa::kAvx512: return avx512_table;
+    default: break;
   }
+#endif
+  return generic_table;
+}
+
+std::string window(const ConvArgs& a) {
+  return std::to_string(a.kh) + "x" + std::to_string(a.kw) + " kernel with padding (" +
+         std::to_string(a.ph) + ", " + std::to_string(a.pw) + ")";
 }
 
 }  // namespace
@@ -81,23 +99,30 @@ Isa selected_isa() {
   return isa;
 }
 
-void conv3x3(const Conv3x3Args& args, DType dtype, Algorithm algorithm, Isa isa) {
+void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa) {
   const IsaKernels& k = kernels_for(isa);
   const bool bf16 = dtype == DType::kBFloat16;
   ConvFn fn = nullptr;
   switch (algorithm) {
     case Algorithm::kDirect: fn = bf16 ? k.direct_bf16 : k.direct_f32; break;
-    case Algorithm::kWinograd4x4: fn = bf16 ? k.winograd4_bf16 : k.winograd4_f32; break;
+    case Algorithm::kWinograd4x4:
+      if (args.kh != 3 || args.kw != 3 || args.ph != 1 || args.pw != 1)
+        throw std::invalid_argument(
+            "the Winograd F(4x4,3x3) algorithm takes 3x3 kernels with padding (1, 1) (as a "
+            "convolution; a transposed one's padding 1 is that too), not a " + window(args));
+      fn = bf16 ? k.winograd4_bf16 : k.winograd4_f32;
+      break;
     case Algorithm::kDirectFewCout:
-      if (args.cout > 3)
-        throw std::invalid_argument("the few-cout algorithm takes at most 3 output channels, got " +
+      if (args.cout > kFewCoutMax)
+        throw std::invalid_argument("the few-cout algorithm takes at most " +
+                                    std::to_string(kFewCoutMax) + " output channels, got " +
                                     std::to_string(args.cout));
       fn = bf16 ? k.few_cout_bf16 : k.few_cout_f32;
       break;
     case Algorithm::kDirectBf16Dot:
       if (!bf16) throw std::invalid_argument("the bf16-dot algorithm takes bf16 activations only");
 #if defined(REDKERN_X86)
-      if (isa == Isa::kAvx512 && bf16_dot_supported()) fn = conv3x3_direct_bf16dot;
+      if (isa == Isa::kAvx512 && bf16_dot_supported()) fn = conv_direct_bf16dot;
 #endif
       if (fn == nullptr)
         throw std::invalid_argument(std::string("the bf16-dot algorithm needs the avx512 kernels "

@@ -1,14 +1,15 @@
 // The kernels one ISA provides; dispatch.cpp picks a table by the CPU's features.
 //
-// Each ISA's table lives in its own translation unit (csrc/cpu/isa_*/), compiled with that
-// ISA's -m flags, so none of its code can run on a CPU that lacks it.
+// Each ISA's kernels live in their own translation units (csrc/cpu/isa_*/, and the generic
+// ones in csrc/cpu/generic_*.cpp), compiled with that ISA's -m flags, so none of its code can
+// run on a CPU that lacks it. Each algorithm is its own unit, so they compile in parallel.
 #pragma once
 
-#include "cpu/conv3x3.h"
+#include "cpu/conv.h"
 
 namespace redkern::cpu {
 
-using ConvFn = void (*)(const Conv3x3Args&);
+using ConvFn = void (*)(const ConvArgs&);
 
 struct IsaKernels {
   ConvFn direct_f32;
@@ -20,11 +21,23 @@ struct IsaKernels {
   double (*fma_peak_gflops)(int nthreads);
 };
 
-const IsaKernels& generic_kernels();
+// The entry points of one ISA's units, in namespace redkern::cpu::<isa>.
+#define REDKERN_ISA_ENTRY_POINTS(isa)              \
+  namespace isa {                                  \
+  void direct_f32(const ConvArgs& a);              \
+  void direct_bf16(const ConvArgs& a);             \
+  void winograd4_f32(const ConvArgs& a);           \
+  void winograd4_bf16(const ConvArgs& a);          \
+  void few_cout_f32(const ConvArgs& a);            \
+  void few_cout_bf16(const ConvArgs& a);           \
+  double fma_peak(int nthreads);                   \
+  }
+
+REDKERN_ISA_ENTRY_POINTS(generic)
 #if defined(REDKERN_X86)
-const IsaKernels& avx2_kernels();
-const IsaKernels& avx512_kernels();
-void conv3x3_direct_bf16dot(const Conv3x3Args& a);  // isa_avx512/conv3x3_bf16dot.cpp
+REDKERN_ISA_ENTRY_POINTS(avx2)
+REDKERN_ISA_ENTRY_POINTS(avx512)
+void conv_direct_bf16dot(const ConvArgs& a);  // isa_avx512/conv_bf16dot.cpp
 #endif
 
 }  // namespace redkern::cpu

@@ -1,6 +1,7 @@
 // Weight re-layout for each algorithm (done once per model by the Python backend's cache).
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 #include "cpu/kernel_util.h"
 
@@ -10,9 +11,11 @@ namespace {
 
 // Conv2d-layout tap w[co][ci][ky][kx] of a (possibly transposed) weight. A stride-1
 // transposed conv is the conv with channels swapped and the window flipped.
-float conv_tap(const float* w, int cin, int cout, bool transposed, int co, int ci, int ky, int kx) {
-  return transposed ? w[((std::size_t(ci) * cout + co) * 3 + (2 - ky)) * 3 + (2 - kx)]
-                    : w[((std::size_t(co) * cin + ci) * 3 + ky) * 3 + kx];
+float conv_tap(const float* w, int cin, int cout, int kh, int kw, bool transposed, int co,
+               int ci, int ky, int kx) {
+  return transposed
+             ? w[((std::size_t(ci) * cout + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)]
+             : w[((std::size_t(co) * cin + ci) * kh + ky) * kw + kx];
 }
 
 // Winograd F(4x4, 3x3) kernel transform G (6x3): row j is (1, p, p^2) / prod_{q != p} (p - q)
@@ -26,50 +29,53 @@ constexpr double kG[6][3] = {{1, 0, 0},
 
 }  // namespace
 
-std::size_t packed_weight_size(int cin, int cout, Algorithm algorithm) {
-  const std::size_t cp = padded_cout(cout);
+std::size_t packed_weight_size(int cin, int cout, int kh, int kw, Algorithm algorithm) {
+  const std::size_t cp = padded_cout(cout), taps = std::size_t(kh) * kw;
   switch (algorithm) {
-    case Algorithm::kDirect: return 9 * std::size_t(cin) * cp;
-    case Algorithm::kWinograd4x4: return 36 * std::size_t(cin) * cp;
-    case Algorithm::kDirectBf16Dot: return 9 * std::size_t(div_up(cin, 2)) * cp;
-    case Algorithm::kDirectFewCout: return 9 * std::size_t(cout) * padded_cout(cin);
+    case Algorithm::kDirect: return taps * cin * cp;
+    case Algorithm::kWinograd4x4:
+      if (kh != 3 || kw != 3)
+        throw std::invalid_argument("the Winograd F(4x4,3x3) algorithm takes 3x3 kernels only, not " +
+                                    std::to_string(kh) + "x" + std::to_string(kw));
+      return 36 * std::size_t(cin) * cp;
+    case Algorithm::kDirectBf16Dot: return taps * div_up(cin, 2) * cp;
+    case Algorithm::kDirectFewCout: return taps * cout * padded_cout(cin);
   }
   throw std::invalid_argument("unknown convolution algorithm");
 }
 
-void pack_weight(const float* w, int cin, int cout, bool transposed, Algorithm algorithm,
-                 float* packed) {
-  const int cp = padded_cout(cout);
-  std::memset(packed, 0, packed_weight_size(cin, cout, algorithm) * sizeof(float));
+void pack_weight(const float* w, int cin, int cout, int kh, int kw, bool transposed,
+                 Algorithm algorithm, float* packed) {
+  const std::size_t cp = padded_cout(cout), taps = std::size_t(kh) * kw;
+  std::memset(packed, 0, packed_weight_size(cin, cout, kh, kw, algorithm) * sizeof(float));
   for (int co = 0; co < cout; ++co)
     for (int ci = 0; ci < cin; ++ci) {
-      float g[3][3];
-      for (int ky = 0; ky < 3; ++ky)
-        for (int kx = 0; kx < 3; ++kx) g[ky][kx] = conv_tap(w, cin, cout, transposed, co, ci, ky, kx);
-
+      auto tap = [&](std::size_t t) {
+        return conv_tap(w, cin, cout, kh, kw, transposed, co, ci, int(t / kw), int(t % kw));
+      };
       switch (algorithm) {
         case Algorithm::kDirect:  // [cout_pad/16][tap][cin][16]: each 16 channels read in order
-          for (int t = 0; t < 9; ++t)
-            packed[((std::size_t(co / 16) * 9 + t) * cin + ci) * 16 + co % 16] = g[t / 3][t % 3];
+          for (std::size_t t = 0; t < taps; ++t)
+            packed[((std::size_t(co / 16) * taps + t) * cin + ci) * 16 + co % 16] = tap(t);
           break;
         case Algorithm::kWinograd4x4:  // U = G g G^T in double, as [36][cin][cout_pad]
           for (int i = 0; i < 6; ++i)
             for (int k = 0; k < 6; ++k) {
               double u = 0;
               for (int a = 0; a < 3; ++a)
-                for (int b = 0; b < 3; ++b) u += kG[i][a] * double(g[a][b]) * kG[k][b];
+                for (int b = 0; b < 3; ++b) u += kG[i][a] * double(tap(a * 3 + b)) * kG[k][b];
               packed[(std::size_t(i * 6 + k) * cin + ci) * cp + co] = float(u);
             }
           break;
         case Algorithm::kDirectFewCout:  // [cout][tap][cin_pad]
-          for (int t = 0; t < 9; ++t)
-            packed[(std::size_t(co) * 9 + t) * padded_cout(cin) + ci] = g[t / 3][t % 3];
+          for (std::size_t t = 0; t < taps; ++t)
+            packed[(std::size_t(co) * taps + t) * padded_cout(cin) + ci] = tap(t);
           break;
         case Algorithm::kDirectBf16Dot: {  // bf16 pairs (ci even, ci odd) per 32-bit word
           auto* halves = reinterpret_cast<bf16_t*>(packed);
-          for (int t = 0; t < 9; ++t) {
-            const std::size_t word = (std::size_t(t) * div_up(cin, 2) + ci / 2) * cp + co;
-            halves[2 * word + (ci & 1)] = f32_to_bf16(g[t / 3][t % 3]);
+          for (std::size_t t = 0; t < taps; ++t) {
+            const std::size_t word = (t * div_up(cin, 2) + ci / 2) * cp + co;
+            halves[2 * word + (ci & 1)] = f32_to_bf16(tap(t));
           }
           break;
         }

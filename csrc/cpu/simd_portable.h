@@ -9,7 +9,7 @@ namespace redkern::cpu {
 struct Portable {
   static constexpr int kW = 4;
   typedef float V __attribute__((vector_size(16)));
-  // Register blocking (see conv3x3_direct.h and winograd.h): baseline x86-64 has 16 xmm.
+  // Register blocking (see conv_direct.h and winograd.h): baseline x86-64 has 16 xmm.
   static constexpr int kDirectPixels = 4, kDirectVecs = 2;
   static constexpr int kGemmRows = 4, kGemmVecs = 2;
 
@@ -47,6 +47,9 @@ struct Portable {
   static float hsum(V a) { return (a[0] + a[1]) + (a[2] + a[3]); }
   static V relu(V a) {  // NaN stays NaN, as torch.relu
     return a <= zero() ? zero() : a;
+  }
+  static V prelu(V a, V slope) {  // a <= 0 ? slope * a : a; NaN stays NaN
+    return a <= zero() ? a * slope : a;
   }
 };
 

@@ -1,4 +1,4 @@
-// Winograd F(4x4, 3x3) convolution, a template on the ISA's vector type S and the activation
+// Winograd F(4x4, 3x3) convolution (3x3 kernels, padding 1), a template on the ISA's vector type S and the activation
 // storage type T (float or bf16_t). Instantiated once per ISA translation unit.
 //
 // Each 4x4 output tile needs a 6x6 input tile d; with U = G g G^T (packed once per weight,
@@ -7,7 +7,8 @@
 //   1. input transform: V[36][tb][cin_pad] = B^T d B, vectorised across channels (NHWC);
 //   2. for each of the 36 positions, a small GEMM M[pos] = V[pos] (tb x cin) * U[pos]
 //      (cin x cout_pad), register-blocked like the direct kernel (rows = tiles);
-//   3. output transform A^T M A, then bias and the epilogue, stored straight to y.
+//   3. output transform A^T M A, then bias and the epilogue, stored straight to y (RED-Net's
+//      epilogues as fixed code, any other through the general one; kernel_util.h).
 // V and M stay in L2 for the whole block; only x, extra and y touch main memory.
 // Tiles past the image edge read zeros and store only their in-image pixels.
 #pragma once
@@ -190,13 +191,13 @@ void multiply(const Geometry<S>& g, const float* vbuf, const float* packed, int 
 }
 
 // A^T m A for one channel vector of one tile (m at m + pos * pstride), plus bias and the
-// epilogue, stored to the output rows (yrows[r] + column; erows likewise for the skip or
-// residual). Edge tiles (kEdge) store only their first `rows` x `cols` pixels and `n`
-// channels.
-template <class S, class T, Epilogue kEpi, bool kEdge>
+// epilogue of mode M, stored to the output rows (yrows[r] + column; erows likewise for the
+// skip or residual, null without one). Edge tiles (kEdge) store only their first `rows` x
+// `cols` pixels and `n` channels.
+template <class S, class T, EpiMode M, bool kEdge>
 inline void output_tile(const float* m, std::size_t pstride, typename S::V bias,
                         T* const yrows[4], const T* const erows[4], int x0, int cout, int c,
-                        int n, int rows, int cols) {
+                        int n, int rows, int cols, const EpilogueParams& p) {
   using V = typename S::V;
   V t[6][4];
 #pragma GCC unroll 6
@@ -217,16 +218,16 @@ inline void output_tile(const float* m, std::size_t pstride, typename S::V bias,
     for (int r = 0; r < 4; ++r) {
       if (kEdge && r >= rows) break;
       const std::size_t at = std::size_t(x0 + k) * cout + c;
-      finish_store<S, T>(out[r], bias, kEpi == Epilogue::kRelu ? nullptr : erows[r] + at,
-                         yrows[r] + at, kEdge ? n : S::kW, kEpi);
+      finish_store<M, S, T>(out[r], bias, erows[r] ? erows[r] + at : nullptr, yrows[r] + at,
+                            kEdge ? n : S::kW, c, p);
     }
   }
 }
 
 // Step 3: y (and the epilogue) for tiles t0 .. t0+nt-1 from M.
-template <class S, class T, Epilogue kEpi>
+template <class S, class T, EpiMode M>
 void transform_outputs(const Geometry<S>& g, const float* mbuf, const float* bias, const T* extra,
-                       long t0, int nt, T* y) {
+                       long t0, int nt, T* y, const EpilogueParams& p) {
   const std::size_t pstride = std::size_t(g.tb) * g.cout_pad;
   for (int i = 0; i < nt; ++i) {
     int b, y0, x0;
@@ -237,16 +238,16 @@ void transform_outputs(const Geometry<S>& g, const float* mbuf, const float* bia
     for (int r = 0; r < rows; ++r) {
       const std::size_t row = (std::size_t(b) * g.h + y0 + r) * g.w * g.cout;
       yrows[r] = y + row;
-      if (kEpi != Epilogue::kRelu) erows[r] = extra + row;
+      if (extra != nullptr) erows[r] = extra + row;
     }
     const float* m = mbuf + std::size_t(i) * g.cout_pad;
     for (int c = 0; c < g.cout; c += S::kW) {
       const int n = min_int(S::kW, g.cout - c);
       const auto bv = n == S::kW ? S::load(bias + c) : S::loadn(bias + c, n);
       if (rows == 4 && cols == 4 && n == S::kW)
-        output_tile<S, T, kEpi, false>(m + c, pstride, bv, yrows, erows, x0, g.cout, c, n, 4, 4);
+        output_tile<S, T, M, false>(m + c, pstride, bv, yrows, erows, x0, g.cout, c, n, 4, 4, p);
       else
-        output_tile<S, T, kEpi, true>(m + c, pstride, bv, yrows, erows, x0, g.cout, c, n, rows, cols);
+        output_tile<S, T, M, true>(m + c, pstride, bv, yrows, erows, x0, g.cout, c, n, rows, cols, p);
     }
   }
 }
@@ -266,8 +267,9 @@ int tiles_per_block(int cin_pad, int cout_pad, long tiles, int nthreads) {
   return int(tb < R ? R : tb);
 }
 
+// y for a 3x3 kernel with padding 1 (dispatch.cpp checks), so oh == h and ow == w.
 template <class S, class T>
-void conv3x3_winograd4(const Conv3x3Args& a) {
+void conv_winograd4(const ConvArgs& a) {
   constexpr int R = S::kGemmRows;
   Geometry<S> g{a.n, a.h, a.w, a.cin, a.cout, div_up(a.h, 4), div_up(a.w, 4),
              padded_cout(a.cin), padded_cout(a.cout), 0};
@@ -277,6 +279,8 @@ void conv3x3_winograd4(const Conv3x3Args& a) {
   const T* x = static_cast<const T*>(a.x);
   const T* extra = static_cast<const T*>(a.extra);
   T* y = static_cast<T*>(a.y);
+  const EpiMode mode = epilogue_mode(a.epilogue);
+  const EpilogueParams& p = a.epilogue;
   bool out_of_memory = false;
 
 #pragma omp parallel num_threads(a.nthreads)
@@ -295,15 +299,18 @@ void conv3x3_winograd4(const Conv3x3Args& a) {
       const int rows = div_up(nt, R) * R;
       transform_inputs<S, T>(g, x, t0, nt, rows, vbuf);
       multiply<S>(g, vbuf, a.packed, rows, mbuf);
-      switch (a.epilogue) {
-        case Epilogue::kRelu:
-          transform_outputs<S, T, Epilogue::kRelu>(g, mbuf, a.bias, extra, t0, nt, y);
+      switch (mode) {
+        case EpiMode::kRelu:
+          transform_outputs<S, T, EpiMode::kRelu>(g, mbuf, a.bias, extra, t0, nt, y, p);
           break;
-        case Epilogue::kReluAddRelu:
-          transform_outputs<S, T, Epilogue::kReluAddRelu>(g, mbuf, a.bias, extra, t0, nt, y);
+        case EpiMode::kReluAddRelu:
+          transform_outputs<S, T, EpiMode::kReluAddRelu>(g, mbuf, a.bias, extra, t0, nt, y, p);
           break;
-        case Epilogue::kAddResidual:
-          transform_outputs<S, T, Epilogue::kAddResidual>(g, mbuf, a.bias, extra, t0, nt, y);
+        case EpiMode::kAddResidual:
+          transform_outputs<S, T, EpiMode::kAddResidual>(g, mbuf, a.bias, extra, t0, nt, y, p);
+          break;
+        default:
+          transform_outputs<S, T, EpiMode::kGeneral>(g, mbuf, a.bias, extra, t0, nt, y, p);
           break;
       }
     }

@@ -1,25 +1,40 @@
 """The CPU backend: our C++ kernels in ``redkern._C`` (csrc/cpu), on NHWC activations.
 
-Algorithm per layer (``choose_algorithm``), decided by the channel counts alone:
+One entry point, ``conv2d``: a fused stride-1 convolution (or transposed convolution) with
+any ``kh x kw`` window and padding ``0 <= p <= k - 1``, and the general epilogue of
+``redkern.epilogue`` applied before the only store. A transposed layer runs as its
+equivalent convolution (window flipped and channels swapped when the weight is packed,
+padding ``k - 1 - p``).
 
-- Winograd F(4x4, 3x3) when both ``cin`` and ``cout`` are >= 16 (RED-Net's 64->64 layers):
-  about 4x fewer multiplications; transforms and GEMMs in fp32, weights transformed in fp64.
-- Direct convolution otherwise (the 1- or 3-channel first and last layers), where a
-  Winograd transform would cost more than the few multiplications it saves:
+Algorithm per layer (``choose_algorithm``), decided by the window and the channel counts:
+
+- Winograd F(4x4, 3x3) for 3x3 windows with (equivalent) padding 1 when both ``cin`` and
+  ``cout`` are >= 16 (RED-Net's 64->64 layers): about 4x fewer multiplications; transforms
+  and GEMMs in fp32, weights transformed in fp64.
+- Direct convolution otherwise (other windows, and the 1- or 3-channel first and last
+  layers, where a Winograd transform would cost more than the few multiplications it saves):
   - ``cout <= 3`` (the last layer): vectorised over input channels, since a vector of output
     channels would be mostly padding;
-  - else vectorised over output channels; with bf16 activations, the avx512 kernels and a
-    CPU with AVX512_BF16, with vdpbf16ps (two input channels per instruction).
+  - else register-blocked over pixels x output-channel vectors; with bf16 activations, the
+    avx512 kernels and a CPU with AVX512_BF16, with vdpbf16ps (two input channels per
+    instruction). A 1x1 window is a GEMM over all pixels of the batch.
+  3x3 windows are compiled as such (RED-Net's layers); other windows run the same
+  micro-kernels with run-time bounds.
+
+``algorithm()`` names the choice for the plan report (``"winograd F(4x4,3x3)"``,
+``"direct 5x5"``, ``"1x1 GEMM"``, ``"direct few-cout 3x3"``, ``"direct 3x3 bf16-dot"``...).
 
 Kernel ISA: ``_C.selected_isa()``, the best this CPU supports unless ``REDKERN_CPU_ISA``
-(generic, avx2, avx512) forces a lower one. ``conv3x3(..., algorithm=, isa=)``
-force either for one call (the tests run every combination this CPU supports).
+(generic, avx2, avx512) forces a lower one. ``conv2d(..., algorithm=, isa=)`` force either
+for one call (the tests run every combination this CPU supports; ``runnable_algorithms``
+lists them).
 """
 
 from __future__ import annotations
 
 import torch
 
+from ..epilogue import Act, Epilogue, output_size
 from .common import BackendUnavailable, WeightCache, is_channels_last, to_nhwc
 
 try:
@@ -32,7 +47,8 @@ except ImportError as e:  # the package still imports; backends() says why
 _weights = WeightCache()
 DTYPES = (torch.float32, torch.bfloat16)
 WINOGRAD_MIN_CHANNELS = 16
-FEW_COUT_MAX = 3  # csrc/cpu/conv3x3_few_cout.h: kMaxCout
+FEW_COUT_MAX = 3  # csrc/cpu/conv.h: kFewCoutMax (also _C.few_cout_max)
+_SLOPED = (Act.LEAKY_RELU, Act.PRELU)
 
 
 def status() -> dict:
@@ -55,15 +71,96 @@ def check_can_run(device: torch.device) -> None:
         raise BackendUnavailable(f"the 'cpu' backend runs CPU tensors only, got a tensor on {device}")
 
 
-def choose_algorithm(cin: int, cout: int, dtype: torch.dtype, isa: str | None = None):
+def _pair(value, name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in DTYPES:
+        raise BackendUnavailable(f"the CPU kernels take {', '.join(map(str, DTYPES))} activations, "
+                                 f"got {dtype}; convert with x.float() (or use the reference model "
+                                 f"for {dtype})")
+
+
+def conv_geometry(kernel, padding, transposed: bool) -> tuple[int, int, int, int]:
+    """``(kh, kw, ph, pw)`` of the convolution the kernels run: a transposed layer's padding
+    ``p`` becomes ``k - 1 - p``. Raises ``ValueError`` for a window under 1x1 or a negative
+    padding, ``BackendUnavailable`` for a padding over ``k - 1``."""
+    kh, kw = _pair(kernel, "kernel")
+    ph, pw = _pair(padding, "padding")
+    if kh < 1 or kw < 1:
+        raise ValueError(f"the kernel window must be at least 1x1, got {kh}x{kw}")
+    if ph < 0 or pw < 0:
+        raise ValueError(f"padding must be >= 0, got {(ph, pw)}")
+    if ph > kh - 1 or pw > kw - 1:
+        raise BackendUnavailable(f"the CPU kernels take padding 0..k-1 on each axis; a {kh}x{kw} "
+                                 f"{'transposed ' if transposed else ''}layer with padding "
+                                 f"{(ph, pw)} is outside that")
+    return (kh, kw, kh - 1 - ph, kw - 1 - pw) if transposed else (kh, kw, ph, pw)
+
+
+def _winograd_fits(kh, kw, ph, pw) -> bool:
+    return (kh, kw, ph, pw) == (3, 3, 1, 1)
+
+
+def runnable_algorithms(cin: int, cout: int, kernel, padding, transposed: bool,
+                        dtype: torch.dtype, isa: str | None = None) -> list:
+    """Every ``_C.Algorithm`` the kernels of ``isa`` (default: the selected one) can run
+    this layer with, the default (``choose_algorithm``'s) among them. Winograd runs any
+    channel counts; the default takes it only from 16 channels up."""
+    _check_dtype(dtype)
+    kh, kw, ph, pw = conv_geometry(kernel, padding, transposed)
+    isa = isa or _C.selected_isa()
+    algos = [_C.Algorithm.direct]
+    if _winograd_fits(kh, kw, ph, pw):
+        algos.append(_C.Algorithm.winograd4x4)
+    if cout <= FEW_COUT_MAX:
+        algos.append(_C.Algorithm.direct_few_cout)
+    if dtype == torch.bfloat16 and isa == "avx512" and _C.bf16_dot_supported():
+        algos.append(_C.Algorithm.direct_bf16dot)
+    return algos
+
+
+def choose_algorithm(cin: int, cout: int, kernel, padding, transposed: bool, dtype: torch.dtype,
+                     isa: str | None = None):
     """The ``_C.Algorithm`` used for a layer (see the module docstring)."""
-    if min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
+    _check_dtype(dtype)
+    kh, kw, ph, pw = conv_geometry(kernel, padding, transposed)
+    if _winograd_fits(kh, kw, ph, pw) and min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
         return _C.Algorithm.winograd4x4
     if cout <= FEW_COUT_MAX:
         return _C.Algorithm.direct_few_cout
     if dtype == torch.bfloat16 and (isa or _C.selected_isa()) == "avx512" and _C.bf16_dot_supported():
         return _C.Algorithm.direct_bf16dot
     return _C.Algorithm.direct
+
+
+def label(algo, kernel) -> str:
+    """The plan report's name of ``algo`` (a ``_C.Algorithm``) on a ``kernel`` window."""
+    kh, kw = _pair(kernel, "kernel")
+    window = f"{kh}x{kw}"
+    if algo == _C.Algorithm.winograd4x4:
+        return "winograd F(4x4,3x3)"
+    if algo == _C.Algorithm.direct_few_cout:
+        return f"direct few-cout {window}"
+    gemm = (kh, kw) == (1, 1)
+    if algo == _C.Algorithm.direct_bf16dot:
+        return "1x1 GEMM bf16-dot" if gemm else f"direct {window} bf16-dot"
+    return "1x1 GEMM" if gemm else f"direct {window}"
+
+
+def algorithm(cin: int, cout: int, kernel, padding, transposed: bool, dtype: torch.dtype,
+              *, isa: str | None = None) -> str:
+    """How this backend computes such a layer (``label`` of ``choose_algorithm``); raises
+    ``BackendUnavailable`` naming what it cannot run (a dtype, a padding over ``k - 1``)."""
+    if _C is None:
+        raise BackendUnavailable(status()["detail"])
+    if cin < 1 or cout < 1:
+        raise ValueError(f"a layer needs at least one input and one output channel, got {cin} -> {cout}")
+    return label(choose_algorithm(cin, cout, kernel, padding, transposed, dtype, isa), kernel)
 
 
 def _dtype_code(dtype: torch.dtype):
@@ -73,45 +170,103 @@ def _dtype_code(dtype: torch.dtype):
 def packed_weight(weight: torch.Tensor, transposed: bool, algorithm) -> torch.Tensor:
     """``weight`` re-laid-out for ``algorithm``, cached per weight tensor and version."""
     cin, cout = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
+    kh, kw = weight.shape[2:]
 
     def prepare():
         w = weight.detach().float().contiguous()
-        packed = torch.empty(_C.packed_weight_size(cin, cout, algorithm), dtype=torch.float32)
-        _C.pack_weight(w.data_ptr(), w.numel(), cin, cout, transposed, algorithm,
+        packed = torch.empty(_C.packed_weight_size(cin, cout, kh, kw, algorithm), dtype=torch.float32)
+        _C.pack_weight(w.data_ptr(), w.numel(), cin, cout, kh, kw, transposed, algorithm,
                        packed.data_ptr(), packed.numel())
         return packed
 
     return _weights.get(weight, ("cpu", transposed, int(algorithm)), prepare)
 
 
-def conv3x3(x, weight, bias, extra, *, transposed: bool, epilogue, algorithm=None, isa=None,
-            out=None) -> torch.Tensor:
-    """Fused 3x3 conv of ``x`` [N, Cin, H, W]; returns an NHWC (channels_last) tensor.
+def _slope_array(slopes, act: Act, cout: int, name: str):
+    """``(pointer, numel, tensor)`` of a slope array: fp32 ``[cout]`` exactly when ``act``
+    reads one."""
+    if act not in _SLOPED:
+        if slopes is not None:
+            raise ValueError(f"{name} given, but the activation {act.name} reads no slope")
+        return 0, 0, None
+    if slopes is None:
+        raise ValueError(f"the activation {act.name} needs {name}: a float32 [{cout}] tensor "
+                         "(redkern.epilogue.kernel_slopes)")
+    if slopes.device.type != "cpu" or slopes.numel() != cout:
+        raise ValueError(f"{name} must be a CPU tensor of {cout} (the output channels) values, "
+                         f"got {slopes.numel()} on {slopes.device}")
+    s = slopes.detach().reshape(-1).float().contiguous()
+    return s.data_ptr(), s.numel(), s
+
+
+def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: Epilogue,
+           slopes=None, slopes2=None, out=None, algorithm=None, isa=None) -> torch.Tensor:
+    """One fused stride-1 convolution (``redkern.epilogue.reference_conv2d``'s semantics).
+
+    ``x`` ``[N, Cin, H, W]`` (float32 or bfloat16, any layout); ``weight`` ``nn.Conv2d``
+    ``[Cout, Cin, kh, kw]`` or, with ``transposed``, ``nn.ConvTranspose2d``
+    ``[Cin, Cout, kh, kw]``; ``bias`` ``[Cout]`` (``None``: zeros); ``padding`` an int or
+    ``(ph, pw)``, ``0 <= p <= k - 1``; ``extra`` ``[N, Cout, OH, OW]`` in ``x``'s dtype when
+    ``epilogue.needs_extra``; ``slopes``/``slopes2`` ``[Cout]`` when ``act``/``act2`` is
+    LEAKY_RELU or PRELU (``redkern.epilogue.kernel_slopes``). Returns a dense NHWC
+    (``stride(1) == 1``) ``[N, Cout, OH, OW]`` tensor in ``x``'s dtype: ``out`` when given.
 
     ``algorithm`` (a ``_C.Algorithm``) and ``isa`` (a name from ``_C.supported_isas()``)
-    override the defaults; ``out`` is an NHWC tensor to write into (tests poison it).
+    override the defaults (``ValueError`` if that algorithm cannot run the layer there).
     """
-    if x.dtype not in DTYPES:
-        raise TypeError(f"the CPU kernels take {', '.join(map(str, DTYPES))}, got {x.dtype}; "
-                        f"convert with x.float() (or use the reference model for {x.dtype})")
+    _check_dtype(x.dtype)
+    if x.dim() != 4:
+        raise ValueError(f"the input must be [N, Cin, H, W], got shape {tuple(x.shape)}")
     n, cin, h, w = x.shape
+    layout = "[Cin, Cout, kh, kw] (ConvTranspose2d layout)" if transposed else "[Cout, Cin, kh, kw] (Conv2d layout)"
+    if weight.dim() != 4 or weight.shape[0 if transposed else 1] != cin:
+        raise ValueError(f"the weight must be {layout} with Cin={cin} matching the input "
+                         f"{tuple(x.shape)}, got {tuple(weight.shape)}")
     cout = weight.shape[1] if transposed else weight.shape[0]
+    kh, kw = weight.shape[2:]
+    ph, pw = _pair(padding, "padding")
+    conv_geometry((kh, kw), (ph, pw), transposed)  # the padding's range
+    oh, ow = output_size(h, kh, ph, transposed), output_size(w, kw, pw, transposed)
+    if not isinstance(epilogue, Epilogue):
+        raise ValueError(f"epilogue must be a redkern.epilogue.Epilogue, got {epilogue!r}")
+    e = epilogue
+    if oh < 1 or ow < 1:
+        raise ValueError(f"a {kh}x{kw} {'transposed ' if transposed else ''}layer with padding "
+                         f"{(ph, pw)} leaves no output of the input {tuple(x.shape)}")
     if algorithm is None:
-        algorithm = choose_algorithm(cin, cout, x.dtype, isa)
+        algorithm = choose_algorithm(cin, cout, (kh, kw), (ph, pw), transposed, x.dtype, isa)
+    _, _, cph, cpw = conv_geometry((kh, kw), (ph, pw), transposed)
+
     xh = to_nhwc(x.detach())
+    b = (torch.zeros(cout) if bias is None else bias.detach().reshape(-1).float()).contiguous()
+    if e.needs_extra:
+        if extra is None:
+            raise ValueError(f"the epilogue {e.formula()} needs extra [N, Cout, OH, OW] = "
+                             f"{(n, cout, oh, ow)}")
+        if tuple(extra.shape) != (n, cout, oh, ow) or extra.dtype != x.dtype:
+            raise ValueError(f"extra must be a {x.dtype} tensor of shape {(n, cout, oh, ow)}, "
+                             f"got {extra.dtype} {tuple(extra.shape)}")
+        eh = to_nhwc(extra.detach())
+    elif extra is not None:
+        raise ValueError(f"extra given, but the epilogue {e.formula()} reads none")
+    else:
+        eh = None
+    s1, s1n, keep1 = _slope_array(slopes, e.act, cout, "slopes")
+    s2, s2n, keep2 = _slope_array(slopes2, e.act2, cout, "slopes2")
     packed = packed_weight(weight, transposed, algorithm)
-    b = bias.detach().float().contiguous()
-    eh = to_nhwc(extra.detach()) if extra is not None else None
+    shape = (n, cout, oh, ow)
     if out is None:
-        y = torch.empty((n, cout, h, w), dtype=x.dtype, memory_format=torch.channels_last)
-    elif out.shape != (n, cout, h, w) or out.dtype != x.dtype or not is_channels_last(out):
-        raise ValueError(f"out must be a channels_last {x.dtype} tensor of shape {(n, cout, h, w)}, "
-                         f"got {out.dtype} {tuple(out.shape)} with strides {out.stride()}")
+        y = torch.empty((n, oh, ow, cout), dtype=x.dtype).permute(0, 3, 1, 2)
+    elif tuple(out.shape) != shape or out.dtype != x.dtype or not is_channels_last(out):
+        raise ValueError(f"out must be a dense NHWC (stride(1) == 1) {x.dtype} tensor of shape "
+                         f"{shape}, got {out.dtype} {tuple(out.shape)} with strides {out.stride()}")
     else:
         y = out
-    _C.conv3x3(xh.data_ptr(), xh.numel(), packed.data_ptr(), packed.numel(),
-               b.data_ptr(), b.numel(), eh.data_ptr() if eh is not None else 0,
-               eh.numel() if eh is not None else 0, y.data_ptr(), y.numel(),
-               n, h, w, cin, cout, _C.Epilogue(int(epilogue)), _dtype_code(x.dtype), algorithm,
-               torch.get_num_threads(), isa or "")
+    _C.conv2d(xh.data_ptr(), xh.numel(), packed.data_ptr(), packed.numel(),
+              b.data_ptr(), b.numel(), eh.data_ptr() if eh is not None else 0,
+              eh.numel() if eh is not None else 0, y.data_ptr(), y.numel(),
+              s1, s1n, s2, s2n, n, h, w, cin, cout, kh, kw, cph, cpw,
+              int(e.act), int(e.act2), int(e.residual), e.alpha, e.beta,
+              _dtype_code(x.dtype), algorithm, torch.get_num_threads(), isa or "")
+    del keep1, keep2
     return y

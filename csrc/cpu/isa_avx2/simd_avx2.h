@@ -64,6 +64,10 @@ struct Avx2 {
   }
   // max returns its second operand when either is NaN: keep x second so NaN stays NaN.
   static V relu(V a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }
+  // a <= 0 ? slope * a : a (the ordered compare is false for NaN, which stays NaN).
+  static V prelu(V a, V slope) {
+    return _mm256_blendv_ps(a, _mm256_mul_ps(a, slope), _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_LE_OQ));
+  }
 };
 
 }  // namespace redkern::cpu

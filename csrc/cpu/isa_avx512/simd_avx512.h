@@ -48,6 +48,10 @@ struct Avx512 {
   static float hsum(V a) { return _mm512_reduce_add_ps(a); }
   // max returns its second operand when either is NaN: keep x second so NaN stays NaN.
   static V relu(V a) { return _mm512_max_ps(_mm512_setzero_ps(), a); }
+  // a <= 0 ? slope * a : a (the ordered compare is false for NaN, which stays NaN).
+  static V prelu(V a, V slope) {
+    return _mm512_mask_mul_ps(a, _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_LE_OQ), a, slope);
+  }
 };
 
 }  // namespace redkern::cpu

@@ -1,0 +1,13 @@
+// The AVX2 + FMA kernels (compiled with -mavx2 -mfma -mf16c; they run only after
+// dispatch.cpp has checked the CPU for them).
+// This unit: the direct algorithm.
+#include "cpu/conv_direct.h"
+#include "cpu/dispatch.h"
+#include "cpu/isa_avx2/simd_avx2.h"
+
+namespace redkern::cpu::avx2 {
+
+void direct_f32(const ConvArgs& a) { direct::conv_direct<Avx2, float>(a); }
+void direct_bf16(const ConvArgs& a) { direct::conv_direct<Avx2, bf16_t>(a); }
+
+}  // namespace redkern::cpu::avx2
