@@ -51,6 +51,11 @@ FEW_COUT_MAX = 3  # csrc/cpu/conv.h: kFewCoutMax (also _C.few_cout_max)
 _SLOPED = (Act.LEAKY_RELU, Act.PRELU)
 
 
+def supported_dtypes() -> tuple[torch.dtype, ...]:
+    """The activation dtypes the CPU kernels take (none when the extension is missing)."""
+    return DTYPES if _C is not None else ()
+
+
 def status() -> dict:
     if _C is None:
         return {"available": False, "devices": [],
