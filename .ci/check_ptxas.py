@@ -150,8 +150,9 @@ def dispatched_kernels() -> dict[str, int]:
 
 
 def compile_cubin(nvcc: str, src: Path, arch: str, out_dir: Path, extra: list[str]) -> str:
+    # The include path of CMakeLists.txt: csrc/ and the root (redkern/epilogue.def).
     cmd = [nvcc, "-cubin", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-O3", "-std=c++17",
-           "-Xptxas", "-v", "-I", str(ROOT / "csrc"), *extra, str(src),
+           "-Xptxas", "-v", "-I", str(ROOT / "csrc"), "-I", str(ROOT), *extra, str(src),
            "-o", str(out_dir / f"{src.stem}.sm_{arch}.cubin")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -354,6 +354,10 @@ def test_fuzz_against_reference(kernel, transposed, epilogue, n, cin, cout, h, w
     """Any layer, epilogue, memory format and value range: every output written, and right."""
     case = make_case(n, cin, cout, h, w, kernel=kernel, transposed=transposed, epilogue=epilogue,
                      seed=seed)
+    if Act.TANH in (case.epilogue.act, case.epilogue.act2):
+        # tanh's output is O(1) whatever its input, so it cannot carry the error of a large
+        # sum relative to its own size (and saturated, it tests nothing).
+        scale = min(scale, 1.0)
     # Scale before rounding so the reference sees exactly the kernel's inputs.
     case.x, case.bias = case.x * scale, case.bias * scale
     if case.extra is not None:

@@ -19,6 +19,12 @@
 namespace redkern::cuda {
 inline namespace REDKERN_KERNEL_VARIANT {
 
+// Blocks per SM the 1x1 kernels are compiled for (__launch_bounds__): without a minimum,
+// ptxas picks register budgets (64, 72, 96) that make some instances spill a few bytes
+// (.ci/check_ptxas.py); 3 caps them at 170 registers, which every instance fits in, and
+// keeps 12 warps per SM for kernels that read about as much as they compute.
+constexpr int kMinBlocks1x1 = 3;
+
 // Output pixel m of the block whose first pixel is m0, if the batch has it.
 struct BlockPixel {
   std::size_t pixels, m0;
@@ -81,7 +87,7 @@ struct Wmma1x1Tiles {
 };
 
 template <typename T, int BN, int CK>
-__global__ void __launch_bounds__(kThreads) conv1x1_wmma(const ConvParams p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks1x1) conv1x1_wmma(const ConvParams p) {
   namespace wmma = nvcuda::wmma;
   using Tiles = Wmma1x1Tiles<T, BN, CK>;
   constexpr int CKP = Tiles::CKP, BNP = Tiles::BNP, LDS = Tiles::LDS;
@@ -158,7 +164,7 @@ struct F32x1Tiles {
 };
 
 template <int BN, int CK>
-__global__ void __launch_bounds__(kThreads) conv1x1_f32(const ConvParams p) {
+__global__ void __launch_bounds__(kThreads, kMinBlocks1x1) conv1x1_f32(const ConvParams p) {
   using Tiles = F32x1Tiles<BN, CK>;
   constexpr int TN = Tiles::TN, NG = Tiles::NG, PG = Tiles::PG, TM = Tiles::TM;
   constexpr int CKP = Tiles::CKP, BNP = Tiles::BNP, LDS = Tiles::LDS;
