@@ -1,7 +1,9 @@
 """The CUDA C++ backend (redkern._cuda) on a real GPU: the checks of test_cuda_emulation.py run
-natively, the native kernels agree with their host emulation, launches follow PyTorch's
-current stream, CUDA errors name the failing call, and a fused RED30 on backend "cuda"
-matches the reference model. Skipped (with the reason) where there is no CUDA device.
+natively (3x3 and 1x1, every epilogue of redkern.testing.EPILOGUES, conv and transposed,
+fp32/fp16/bf16), the native kernels agree with their host emulation, launches follow
+PyTorch's current stream, CUDA errors name the failing call, refused layers say why, and a
+fused RED30 on backend "cuda" matches the reference model. Skipped (with the reason) where
+there is no CUDA device.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ if not torch.cuda.is_available():
                 allow_module_level=True)
 
 import redkern
-from redkern import ops
+from redkern import testing as T
 from redkern.backends import cuda as cuda_backend
+from redkern.backends.common import BackendUnavailable
 
 pytestmark = pytest.mark.gpu
 
@@ -41,13 +44,14 @@ def _load_emulation_tests():
 
 
 cases = _load_emulation_tests()
-DTYPES, OPS, TOL = cases.DTYPES, cases.OPS, cases.TOL
+DTYPES, KERNELS, EPILOGUE_NAMES, EDGES = cases.DTYPES, cases.KERNELS, cases.EPILOGUE_NAMES, cases.EDGES
+make_case, pick = cases.make_case, cases.pick
 DEV = torch.device("cuda")
 
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    """Reference convolutions in true fp32 (cuDNN may use TF32 by default)."""
+    """Reference convolutions on the GPU in true fp32 (cuDNN may use TF32 by default)."""
     saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     yield
@@ -57,29 +61,25 @@ def _no_tf32():
 GUARD = 256
 
 
-def run_native(op, x, weight, bias, extra):
-    """The native kernel's NHWC output in a NaN-poisoned, guarded buffer on the GPU."""
-    n, _, h, w = x.shape
-    cout = bias.shape[0]
-    numel = n * cout * h * w
-    buf = torch.full((numel + 2 * GUARD,), float("nan"), dtype=x.dtype, device=DEV)
-    out = buf[GUARD:GUARD + numel].view(n, h, w, cout).permute(0, 3, 1, 2)
-    y = cuda_backend.launch_conv3x3(
-        _cuda, x, weight, bias, extra, transposed=op != "conv_relu",
-        epilogue=cases.epilogue_of(op), out=out, device=DEV.index or 0,
-        stream=torch.cuda.current_stream().cuda_stream)
+def run_native(case: T.LayerCase) -> torch.Tensor:
+    """``cuda_backend.conv2d`` (PyTorch's current stream) on the GPU copy of ``case``, into a
+    NaN-poisoned, guarded buffer; the NHWC output, on the GPU."""
+    dev = case.to(device=DEV)
+    n, cout, oh, ow = case.out_shape
+    numel = n * cout * oh * ow
+    buf = torch.full((numel + 2 * GUARD,), float("nan"), dtype=case.x.dtype, device=DEV)
+    out = buf[GUARD:GUARD + numel].view(n, oh, ow, cout).permute(0, 3, 1, 2)
+    y = cuda_backend.conv2d(*dev.tensors, **dev.options, out=out)
     torch.cuda.synchronize()
+    assert y.data_ptr() == out.data_ptr()
     assert buf[:GUARD].isnan().all() and buf[-GUARD:].isnan().all(), "wrote outside the output"
     return y
 
 
-def check(op, n, cin, cout, h, w, dtype):
-    x, weight, bias, extra = cases.make_case(op, n, cin, cout, h, w, dtype)
-    ref = cases.reference(op, x, weight, bias, extra)  # fp32 on the CPU
-    to = (lambda t: t.to(DEV) if t is not None else None)
-    y = run_native(op, to(x), to(weight), to(bias), to(extra))
-    assert not y.isnan().any(), f"{int(y.isnan().sum())} output elements unwritten (NaN)"
-    torch.testing.assert_close(y.float().cpu(), ref, **TOL[dtype])
+def check(case: T.LayerCase) -> torch.Tensor:
+    got = run_native(case)
+    T.assert_close(got, T.reference(case), T.TOLERANCE[case.x.dtype])
+    return got
 
 
 def test_backend_available():
@@ -88,79 +88,101 @@ def test_backend_available():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("op", OPS)
-@pytest.mark.parametrize("cin,cout", [(1, 64), (64, 64), (64, 3), (3, 64)])
-def test_matches_reference(op, cin, cout, dtype):
-    check(op, 2, cin, cout, 17, 9, dtype)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("epilogue", EPILOGUE_NAMES)
+def test_every_epilogue(epilogue, kernel, dtype):
+    for transposed in (False, True):
+        for n, cin, cout, h, w in [(2, 5, 7, 5, 9), (2, 64, 64, 19, 23), (1, 3, 72, 33, 17)]:
+            check(make_case(n, cin, cout, h, w, kernel=kernel, transposed=transposed,
+                            epilogue=epilogue, dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("cin,cout", [(1, 64), (64, 64), (64, 3), (3, 64), (128, 128), (256, 64)])
+def test_matches_reference(cin, cout, kernel, dtype):
+    for epilogue in ("relu", "relu_add_relu", "add_residual", "prelu_then_leaky"):
+        check(make_case(2, cin, cout, 17, 9, kernel=kernel, transposed=epilogue != "relu",
+                        epilogue=epilogue, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("h,w", [(1, 1), (5, 7), (7, 5), (9, 17), (67, 131)])
 @pytest.mark.parametrize("cin,cout", [(1, 64), (64, 64), (64, 3), (3, 64), (128, 128)])
-def test_odd_sizes(h, w, cin, cout, dtype):
-    for op in OPS:
-        check(op, 2, cin, cout, h, w, dtype)
+def test_odd_sizes(h, w, cin, cout, kernel, dtype):
+    check(make_case(2, cin, cout, h, w, kernel=kernel, transposed=(h + cin) % 2 == 1,
+                    epilogue=pick(EPILOGUE_NAMES, h, w, cin, cout, kernel, dtype), dtype=dtype))
+
+
+BIG_EDGES = {3: [(1, 64, 64, 1, 1000), (1, 64, 64, 1000, 1)],
+             1: [(1, 64, 64, 1, 1000), (1, 64, 64, 1000, 1), (5, 64, 32, 101, 99)]}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("n,cin,cout,h,w", [
-    (1, 128, 64, 9, 16), (1, 64, 128, 8, 17), (2, 5, 7, 6, 11), (1, 8, 24, 10, 3),
-    (1, 20, 33, 4, 33), (3, 16, 16, 33, 40), (1, 64, 64, 1, 1000), (1, 64, 64, 1000, 1),
-])
-def test_channel_and_tile_edges(n, cin, cout, h, w, dtype):
-    for op in ("conv_relu", "deconv_relu_skip"):
-        check(op, n, cin, cout, h, w, dtype)
+@pytest.mark.parametrize("kernel,n,cin,cout,h,w",
+                         [(k, *shape) for k in KERNELS for shape in EDGES[k] + BIG_EDGES[k]])
+def test_channel_and_tile_edges(kernel, n, cin, cout, h, w, dtype):
+    for epilogue in ("relu", "relu_add_relu", "tanh_then_prelu"):
+        check(make_case(n, cin, cout, h, w, kernel=kernel, transposed=epilogue == "relu_add_relu",
+                        epilogue=epilogue, dtype=dtype))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("epilogue", EPILOGUE_NAMES)
+def test_nan_propagates(epilogue, kernel):
+    """As in the emulation: compiled with -O3, the kernels still keep NaN through every
+    activation and residual join."""
+    case = make_case(1, 8, 8, 6, 7, kernel=kernel, epilogue=epilogue)
+    case.x[0, 3, 2, 4] = float("nan")
+    if case.extra is not None:
+        case.extra[0, 5, 4, 1] = float("nan")
+    cases._assert_nan_matches(run_native(case).cpu(), T.reference(case), T.TOLERANCE[torch.float32])
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("cin,cout", [(3, 64), (64, 64), (64, 3)])
-def test_native_matches_emulation(cin, cout, dtype):
+def test_native_matches_emulation(cin, cout, kernel, dtype):
     """The host emulation computes what the GPU computes (same source, same order)."""
-    op = "deconv_relu_skip"
-    x, weight, bias, extra = cases.make_case(op, 2, cin, cout, 9, 17, dtype)
-    emulated = cases.run_emulated(op, x, weight, bias, extra)
-    native = run_native(op, x.to(DEV), weight.to(DEV), bias.to(DEV), extra.to(DEV)).cpu()
-    # fp32 may differ by FMA contraction; 16-bit outputs by at most one rounding step.
-    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else TOL[dtype]
-    torch.testing.assert_close(native, emulated, **tol)
+    for epilogue in ("relu_add_relu", "prelu_then_leaky"):
+        case = make_case(2, cin, cout, 9, 17, kernel=kernel, transposed=True, epilogue=epilogue,
+                         dtype=dtype)
+        emulated = cases.run_emulated(case)
+        native = run_native(case).cpu()
+        # fp32 may differ by FMA contraction and tanhf's last bits; 16-bit outputs by at most
+        # one rounding step.
+        T.assert_close(native, emulated, 1e-6 if dtype == torch.float32 else T.TOLERANCE[dtype])
 
 
 def test_launches_on_the_current_stream():
     """The input is produced on a side stream behind a long sleep: a kernel launched on any
     other stream would read it before it exists."""
-    x, weight, bias, _ = cases.make_case("conv_relu", 1, 64, 64, 64, 64, torch.float32)
-    weight, bias, src = weight.to(DEV), bias.to(DEV), x.to(DEV)
-    ref = ops.reference_conv_relu(src, weight, bias)
-    ops.conv_relu(src, weight, bias, "cuda")  # packs the weight before the race below
+    case = make_case(1, 64, 64, 64, 64, epilogue="relu")
+    want = T.reference(case)
+    dev = case.to(device=DEV)
+    cuda_backend.conv2d(*dev.tensors, **dev.options)  # packs the weight before the race below
     torch.cuda.synchronize()
     side = torch.cuda.Stream()
     with torch.cuda.stream(side):
         torch.cuda._sleep(200_000_000)
-        x_side = src * 1.0
-        y = ops.conv_relu(x_side, weight, bias, "cuda")
+        x_side = dev.x * 1.0
+        y = cuda_backend.conv2d(x_side, dev.weight, dev.bias, None, **dev.options)
     side.synchronize()
-    torch.testing.assert_close(y, ref, **TOL[torch.float32])
+    T.assert_close(y, want, T.TOLERANCE[torch.float32])
 
 
 def test_cuda_errors_name_the_call():
-    x, weight, bias, _ = cases.make_case("conv_relu", 1, 4, 4, 3, 3, torch.float32)
-    x, weight, bias = x.to(DEV), weight.to(DEV), bias.to(DEV)
+    case = make_case(1, 4, 4, 3, 3).to(device=DEV)
     with pytest.raises(RuntimeError, match=r"cudaSetDevice\(97\): invalid device ordinal"):
-        cuda_backend.launch_conv3x3(_cuda, x, weight, bias, None, transposed=False,
-                                    epilogue=cases.epilogue_of("conv_relu"), device=97, stream=0)
+        cuda_backend.launch_conv2d(_cuda, *case.tensors, **case.options, device=97, stream=0)
 
 
-def test_ops_and_autograd_on_cuda():
-    x, weight, bias, skip = cases.make_case("deconv_relu_skip", 2, 16, 8, 7, 9, torch.float32)
-    x, weight, bias, skip = (t.to(DEV).requires_grad_() for t in (x, weight, bias, skip))
-    y = ops.deconv_relu(x, weight, bias, skip, "cuda")
-    ref = ops.reference_deconv_relu(x, weight, bias, skip)
-    torch.testing.assert_close(y, ref, **TOL[torch.float32])
-    g = torch.randn_like(y)
-    grads = torch.autograd.grad(y, (x, weight, bias, skip), g)
-    ref_grads = torch.autograd.grad(ref, (x, weight, bias, skip), g)
-    for a, b in zip(grads, ref_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+@pytest.mark.parametrize("kernel,padding,transposed", cases.REFUSED)
+def test_refused_layers_say_why(kernel, padding, transposed):
+    case = make_case(1, 4, 6, 9, 9, kernel=kernel, padding=padding, transposed=transposed).to(device=DEV)
+    with pytest.raises(BackendUnavailable, match="runs 3x3 convolutions with padding 1 and 1x1"):
+        cuda_backend.conv2d(*case.tensors, **case.options)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -15,50 +15,24 @@
 #include <string>
 #include <type_traits>
 
-#include "cuda/conv3x3.h"
-#include "cuda/device_compat.cuh"
-
-// The emulation compiles this file a second time, with planted bugs, in another namespace.
-#ifndef REDKERN_KERNEL_VARIANT
-#define REDKERN_KERNEL_VARIANT standard
-#endif
+#include "cuda/conv_common.cuh"
 
 namespace redkern::cuda {
 inline namespace REDKERN_KERNEL_VARIANT {
 
-// What a kernel gets by value; pointers are to T (the launch's dtype).
-struct ConvParams {
-  const void* x;
-  const void* w;
-  const void* bias;
-  const void* extra;
-  void* y;
-  int n, h, width, cin, cout, cin_pad, cout_pad;
-  int epilogue;
-  int tiles_x;  // spatial tiles per row of tiles; blockIdx.x = tile_y * tiles_x + tile_x
-  int vec_x;    // input pixels may be read as 16-byte vectors (cin and x aligned to them)
-};
-
 constexpr int kHaloW = kTileW + 2;
 constexpr int kHaloPixels = (kTileH + 2) * kHaloW;
 
-// ReLU that keeps NaN (as torch does): a poisoned or broken value must not turn into 0.
-__device__ __forceinline__ float relu(float v) { return v < 0.f ? 0.f : v; }
-
-// y[pixel, c] = epilogue(acc + bias[c], extra[pixel, c]).
-template <typename T>
-__device__ __forceinline__ void store_output(const ConvParams& p, std::size_t pixel, int c, float acc) {
-  const std::size_t i = pixel * p.cout + c;
-  float v = acc + to_float(static_cast<const T*>(p.bias)[c]);
-  if (p.epilogue == int(Epilogue::kRelu)) {
-    v = relu(v);
-  } else if (p.epilogue == int(Epilogue::kReluAddRelu)) {
-    v = relu(relu(v) + to_float(static_cast<const T*>(p.extra)[i]));
-  } else {
-    v = v + to_float(static_cast<const T*>(p.extra)[i]);
+// Output pixel m (row-major in the tile) of tile (y0, x0) of image img, if inside the image.
+struct TilePixel {
+  const ConvParams& p;
+  int img, y0, x0;
+  __device__ __forceinline__ bool operator()(int m, std::size_t& pixel) const {
+    const int gy = y0 + m / kTileW, gx = x0 + m % kTileW;
+    pixel = (std::size_t(img) * p.h + gy) * p.width + gx;
+    return gy < p.h && gx < p.width;
   }
-  static_cast<T*>(p.y)[i] = from_float<T>(v);
-}
+};
 
 // Stage channels [c0, c0+CK) of the input window around output tile (y0, x0) of one image
 // into tile[pixel][CKP]: zeros outside the image and beyond cin.
@@ -95,22 +69,6 @@ __device__ __forceinline__ void load_input_tile(const ConvParams& p, const T* x,
         continue;
       tile[pix * CKP + c] = v;
     }
-  }
-}
-
-// Stage the packed weights of input channels [c0, c0+CK), output channels [n0, n0+BN), into
-// tile[tap*CK + k][BNP], as 16-byte vectors (the packing pads both channel counts).
-template <typename T, int BN, int CK, int BNP>
-__device__ __forceinline__ void load_weight_tile(const ConvParams& p, int c0, int n0, T* tile) {
-  constexpr int V = 16 / sizeof(T);
-  constexpr int kVecs = BN / V;
-  static_assert(BN % V == 0 && BNP % V == 0, "weight rows must be whole 16-byte vectors");
-  const T* w = static_cast<const T*>(p.w);
-  for (int i = threadIdx.x; i < 9 * CK * kVecs; i += kThreads) {
-    const int row = i / kVecs, c = (i % kVecs) * V;
-    const int tap = row / CK, k = row % CK;
-    *reinterpret_cast<uint4*>(tile + row * BNP + c) = *reinterpret_cast<const uint4*>(
-        w + (std::size_t(tap) * p.cin_pad + c0 + k) * p.cout_pad + n0 + c);
   }
 }
 
@@ -159,7 +117,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_wmma(const ConvParams p) {
 
   for (int c0 = 0; c0 < p.cin_pad; c0 += CK) {
     load_input_tile<T, CK, CKP>(p, x, y0, x0, c0, in_tile);
-    load_weight_tile<T, BN, CK, BNP>(p, c0, n0, w_tile);
+    load_weight_tile<T, 9, BN, CK, BNP>(p, c0, n0, w_tile);
     if (!REDKERN_PLANTED(kSkipLoadBarrier)) __syncthreads();  // tiles complete before any read
     for (int tap = 0; tap < 9; ++tap) {
       const int ky = tap / 3, kx = tap % 3;
@@ -181,7 +139,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_wmma(const ConvParams p) {
     if (!REDKERN_PLANTED(kSkipReuseBarrier)) __syncthreads();  // all reads done before reuse
   }
 
-  // Epilogue: accumulators -> shared staging -> bias, activation, skip -> global (coalesced
+  // Epilogue: accumulators -> shared staging -> the fused epilogue -> global (coalesced
   // over channels; fragments' element layout is unspecified, so they go through memory).
 #pragma unroll
   for (int i = 0; i < kRowsPerWarp; ++i)
@@ -190,13 +148,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_wmma(const ConvParams p) {
       wmma::store_matrix_sync(stage + (row0 + i) * kTileW * LDS + j * 16, acc[i][j], LDS,
                               wmma::mem_row_major);
   __syncthreads();
-  const int nvalid = p.cout - n0 < BN ? p.cout - n0 : BN;
-  for (int e = threadIdx.x; e < kTileH * kTileW * BN; e += kThreads) {
-    const int m = e / BN, c = e % BN;
-    const int gy = y0 + m / kTileW, gx = x0 + m % kTileW;
-    if (c < nvalid && gy < p.h && gx < p.width)
-      store_output<T>(p, (std::size_t(img) * p.h + gy) * p.width + gx, n0 + c, stage[m * LDS + c]);
-  }
+  store_staged<T, BN, kTileH * kTileW, LDS>(p, stage, n0, TilePixel{p, img, y0, x0});
 }
 
 // --- fp32 on CUDA cores -------------------------------------------------------------------
@@ -210,16 +162,20 @@ struct F32Tiles {
   static constexpr int TM = kTileH * kTileW / PG;
   static constexpr int CKP = CK + 4;  // spreads pixels over banks, keeps 16-byte alignment
   static constexpr int BNP = BN;
+  static constexpr int LDS = BN + 4;  // fp32 staging row stride for the epilogue
   static constexpr std::size_t kInputBytes = std::size_t(kHaloPixels) * CKP * sizeof(float);
-  static constexpr std::size_t kSmemBytes = kInputBytes + std::size_t(9) * CK * BNP * sizeof(float);
+  static constexpr std::size_t kTileBytes = kInputBytes + std::size_t(9) * CK * BNP * sizeof(float);
+  static constexpr std::size_t kStageBytes = std::size_t(kTileH) * kTileW * LDS * sizeof(float);
+  static constexpr std::size_t kSmemBytes = kTileBytes > kStageBytes ? kTileBytes : kStageBytes;
   static_assert(kThreads % NG == 0 && (kTileH * kTileW) % PG == 0, "uneven thread tiling");
+  static_assert(TN % 4 == 0, "the sums are staged as float4");
 };
 
 template <int BN, int CK>
 __global__ void __launch_bounds__(kThreads) conv3x3_f32(const ConvParams p) {
   using Tiles = F32Tiles<BN, CK>;
   constexpr int TN = Tiles::TN, NG = Tiles::NG, PG = Tiles::PG, TM = Tiles::TM;
-  constexpr int CKP = Tiles::CKP, BNP = Tiles::BNP;
+  constexpr int CKP = Tiles::CKP, BNP = Tiles::BNP, LDS = Tiles::LDS;
 
   unsigned char* smem = dynamic_shared_memory();
   float* in_tile = reinterpret_cast<float*>(smem);
@@ -239,7 +195,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_f32(const ConvParams p) {
 
   for (int c0 = 0; c0 < p.cin_pad; c0 += CK) {
     load_input_tile<float, CK, CKP>(p, x, y0, x0, c0, in_tile);
-    load_weight_tile<float, BN, CK, BNP>(p, c0, n0, w_tile);
+    load_weight_tile<float, 9, BN, CK, BNP>(p, c0, n0, w_tile);
     if (!REDKERN_PLANTED(kSkipLoadBarrier)) __syncthreads();
     for (int tap = 0; tap < 9; ++tap) {
       const int ky = tap / 3, kx = tap % 3;
@@ -260,43 +216,28 @@ __global__ void __launch_bounds__(kThreads) conv3x3_f32(const ConvParams p) {
     if (!REDKERN_PLANTED(kSkipReuseBarrier)) __syncthreads();
   }
 
+  // Epilogue: registers -> shared staging (the tiles are free: the barrier above) -> the
+  // fused epilogue -> global, as in the wmma kernels.
+  float* stage = reinterpret_cast<float*>(smem);
 #pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const int m = group + i * PG;
-    const int gy = y0 + m / kTileW, gx = x0 + m % kTileW;
-    if (gy >= p.h || gx >= p.width) continue;
-    const std::size_t pixel = (std::size_t(img) * p.h + gy) * p.width + gx;
+  for (int i = 0; i < TM; ++i)
 #pragma unroll
-    for (int j = 0; j < TN; ++j)
-      if (n0 + cg + j < p.cout) store_output<float>(p, pixel, n0 + cg + j, acc[i][j]);
-  }
+    for (int j = 0; j < TN; j += 4)
+      *reinterpret_cast<float4*>(stage + (group + i * PG) * LDS + cg + j) =
+          float4{acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3]};
+  __syncthreads();
+  store_staged<float, BN, kTileH * kTileW, LDS>(p, stage, n0, TilePixel{p, img, y0, x0});
 }
 
 // --- choosing and launching a kernel -------------------------------------------------------
 
 // Calls launch(name, kernel, grid, block, smem_bytes, params) once, for the kernel that
-// plan_conv3x3 picks: the one place that maps a Plan to a template instance. `launch` is
+// plan_conv(dtype, 3, ...) picks: the one place that maps a Plan to a template instance. `launch` is
 // cudaLaunchKernel for the real module and the emulator's launch for the host build.
 template <class Launch>
 void dispatch_conv3x3(const ConvArgs& a, Launch&& launch) {
-  const Plan plan = plan_conv3x3(a.dtype, a.cin, a.cout);
-  const int vec = 16 / dtype_size(a.dtype);
-  ConvParams p{};
-  p.x = a.x;
-  p.w = a.w;
-  p.bias = a.bias;
-  p.extra = a.extra;
-  p.y = a.y;
-  p.n = a.n;
-  p.h = a.h;
-  p.width = a.width;
-  p.cin = a.cin;
-  p.cout = a.cout;
-  p.cin_pad = plan.cin_pad;
-  p.cout_pad = plan.cout_pad;
-  p.epilogue = int(a.epilogue);
-  p.tiles_x = (a.width + kTileW - 1) / kTileW;
-  p.vec_x = a.cin % vec == 0 && reinterpret_cast<std::uintptr_t>(a.x) % 16 == 0;
+  const Plan plan = plan_conv(a.dtype, 3, a.cin, a.cout);
+  const ConvParams p = conv_params(a, plan);
   const int tiles_y = (a.h + kTileH - 1) / kTileH;
   const dim3 grid(unsigned(p.tiles_x) * unsigned(tiles_y), unsigned(plan.cout_pad / plan.bn),
                   unsigned(a.n));

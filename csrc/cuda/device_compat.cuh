@@ -30,8 +30,9 @@ enum class PlantedBug : int {
   kNone = 0,
   kSkipLoadBarrier = 1,    // read the shared tiles before every thread stored its part
   kSkipReuseBarrier = 2,   // overwrite the shared tiles while other warps still read them
-  kHaloShift = 3,          // load the input window one pixel to the right
+  kHaloShift = 3,          // load the input one pixel to the right (1x1: the next pixel)
   kNoChannelZeroFill = 4,  // leave the padding channels of the input tile unwritten
+  kSharedSlope = 5,        // read every channel's LEAKY_RELU/PRELU slope from channel 0
 };
 
 #if defined(REDKERN_PLANTED_BUGS)

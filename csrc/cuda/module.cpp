@@ -12,7 +12,7 @@ using namespace redkern::cuda;
 #endif
 
 PYBIND11_MODULE(_cuda, m) {
-  m.doc() = "redkern CUDA C++ kernels (fused 3x3 convolutions on NHWC activations)";
+  m.doc() = "redkern CUDA C++ kernels (fused 3x3 and 1x1 convolutions on NHWC activations)";
   m.attr("built_archs") = REDKERN_CUDA_ARCHS;
   def_common(m);
 
@@ -26,19 +26,14 @@ PYBIND11_MODULE(_cuda, m) {
   }, py::arg("device"), "(name, major, minor) of a CUDA device");
 
   m.def(
-      "conv3x3",
-      [](std::uintptr_t x, std::int64_t x_numel, std::uintptr_t weight, std::int64_t weight_numel,
-         std::uintptr_t bias, std::int64_t bias_numel, std::uintptr_t extra,
-         std::int64_t extra_numel, std::uintptr_t y, std::int64_t y_numel, int n, int h,
-         int width, int cin, int cout, int dtype, int epilogue, std::uintptr_t stream,
-         int device) {
-        const ConvArgs a = checked_args(x, x_numel, weight, weight_numel, bias, bias_numel, extra,
-                                        extra_numel, y, y_numel, n, h, width, cin, cout, dtype,
-                                        epilogue);
+      "conv2d",
+      [](REDKERN_CONV2D_PARAMS, std::uintptr_t stream, int device) {
+        const ConvArgs a = REDKERN_CONV2D_CHECKED_ARGS();
         if (device < 0) throw std::invalid_argument("device must be >= 0");
         py::gil_scoped_release nogil;
-        conv3x3(a, device, reinterpret_cast<CUstream_st*>(stream));
+        conv2d(a, device, reinterpret_cast<CUstream_st*>(stream));
       },
-      REDKERN_CONV3X3_PYARGS, py::arg("stream"), py::arg("device"),
-      "Fused 3x3 conv on device pointers, launched on `stream` (a cudaStream_t as int).");
+      REDKERN_CONV2D_PYARGS, py::arg("stream"), py::arg("device"),
+      "Fused 3x3 (padding 1) or 1x1 (padding 0) conv on device pointers, launched on "
+      "`stream` (a cudaStream_t as int).");
 }

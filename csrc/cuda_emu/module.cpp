@@ -5,7 +5,7 @@
 #include <string>
 
 #include "cuda/bindings.h"
-#include "cuda_emu/conv3x3_emu.h"
+#include "cuda_emu/conv_emu.h"
 #include "cuda_emu/selftest.h"
 
 namespace py = pybind11;
@@ -25,6 +25,7 @@ const std::pair<const char*, cuda::PlantedBug> kBugs[] = {
     {"skip_reuse_barrier", cuda::PlantedBug::kSkipReuseBarrier},
     {"halo_shift", cuda::PlantedBug::kHaloShift},
     {"no_channel_zero_fill", cuda::PlantedBug::kNoChannelZeroFill},
+    {"shared_slope", cuda::PlantedBug::kSharedSlope},
 };
 
 cuda::PlantedBug parse_bug(const std::string& s) {
@@ -52,39 +53,35 @@ PYBIND11_MODULE(_cuda_emu, m) {
   m.attr("PLANTED_BUGS") = py::tuple(bugs);
 
   m.def(
-      "conv3x3",
-      [](std::uintptr_t x, std::int64_t x_numel, std::uintptr_t weight, std::int64_t weight_numel,
-         std::uintptr_t bias, std::int64_t bias_numel, std::uintptr_t extra,
-         std::int64_t extra_numel, std::uintptr_t y, std::int64_t y_numel, int n, int h,
-         int width, int cin, int cout, int dtype, int epilogue, std::uintptr_t stream,
-         int device, const std::string& schedule, const std::string& planted_bug) {
-        const cuda::ConvArgs a = cuda::checked_args(x, x_numel, weight, weight_numel, bias,
-                                                    bias_numel, extra, extra_numel, y, y_numel,
-                                                    n, h, width, cin, cout, dtype, epilogue);
+      "conv2d",
+      [](REDKERN_CONV2D_PARAMS, std::uintptr_t stream, int device, const std::string& schedule,
+         const std::string& planted_bug) {
+        const cuda::ConvArgs a = REDKERN_CONV2D_CHECKED_ARGS();
         if (stream != 0 || device != 0)
           throw std::invalid_argument("the emulated device has one default stream: stream=0, device=0");
         const emu::Schedule s = parse_schedule(schedule);
         const cuda::PlantedBug bug = parse_bug(planted_bug);
         py::gil_scoped_release nogil;
         if (bug == cuda::PlantedBug::kNone)
-          cuda_emu::conv3x3(a, s);
+          cuda_emu::conv2d(a, s);
         else
-          cuda_emu::conv3x3_planted(a, bug, s);
+          cuda_emu::conv2d_planted(a, bug, s);
       },
-      REDKERN_CONV3X3_PYARGS, py::arg("stream") = 0, py::arg("device") = 0, py::kw_only(),
+      REDKERN_CONV2D_PYARGS, py::arg("stream") = 0, py::arg("device") = 0, py::kw_only(),
       py::arg("schedule") = "concurrent", py::arg("planted_bug") = "none",
-      "Fused 3x3 conv on host pointers, run by the emulator. schedule: 'concurrent' (one host "
-      "thread per CUDA thread) or 'serialized' (one thread at a time between barriers); "
-      "planted_bug: one of PLANTED_BUGS, for tests that must catch it.");
+      "Fused 3x3 (padding 1) or 1x1 (padding 0) conv on host pointers, run by the emulator. "
+      "schedule: 'concurrent' (one host thread per CUDA thread) or 'serialized' (one thread at "
+      "a time between barriers); planted_bug: one of PLANTED_BUGS, for tests that must catch it.");
 
-  m.def("kernel_for", [](int dtype, int cin, int cout) {
+  m.def("kernel_for", [](int dtype, int kernel, int cin, int cout) {
     if (dtype < 0 || dtype > 2) throw std::invalid_argument("unknown dtype code " + std::to_string(dtype));
+    if (kernel != 1 && kernel != 3)
+      throw std::invalid_argument("kernel must be 1 or 3, got " + std::to_string(kernel));
     if (cin < 1 || cout < 1) throw std::invalid_argument("cin and cout must be >= 1");
-    const cuda_emu::KernelChoice k = cuda_emu::kernel_for(cuda::DType(dtype), cin, cout);
+    const cuda_emu::KernelChoice k = cuda_emu::kernel_for(cuda::DType(dtype), kernel, cin, cout);
     return py::make_tuple(k.name, k.smem_bytes);
-  }, py::arg("dtype"), py::arg("cin"), py::arg("cout"),
+  }, py::arg("dtype"), py::arg("kernel"), py::arg("cin"), py::arg("cout"),
      "(kernel name, dynamic shared memory bytes) that a launch for these sizes uses");
-
   // Bit-exact conversions, to check them against torch.
   m.def("float_to_half_bits", [](std::uintptr_t src, std::uintptr_t dst, std::int64_t count) {
     const float* s = ptr<const float>(src);

@@ -5,9 +5,9 @@
 
 #include <mutex>
 
-#include "cuda_emu/conv3x3_emu.h"
+#include "cuda_emu/conv_emu.h"
 
-#include "cuda/conv3x3_kernels.cuh"
+#include "cuda/conv_dispatch.cuh"
 
 namespace redkern::cuda {
 
@@ -22,12 +22,12 @@ PlantedBug planted_bug() { return active_bug; }
 
 namespace redkern::cuda_emu {
 
-void conv3x3_planted(const cuda::ConvArgs& a, cuda::PlantedBug bug, emu::Schedule schedule) {
+void conv2d_planted(const cuda::ConvArgs& a, cuda::PlantedBug bug, emu::Schedule schedule) {
   std::lock_guard<std::mutex> lock(cuda::planted_mutex);
   cuda::active_bug = bug;
   try {
-    cuda::dispatch_conv3x3(a, [&](const char* name, auto kernel, dim3 grid, dim3 block,
-                                  std::size_t smem, const cuda::ConvParams& p) {
+    cuda::dispatch_conv2d(a, [&](const char* name, auto kernel, dim3 grid, dim3 block,
+                                 std::size_t smem, const cuda::ConvParams& p) {
       emu::launch(name, kernel, grid, block, smem, schedule, p);
     });
   } catch (...) {
