@@ -43,8 +43,9 @@ from redkern.backends import cpu
 x = torch.rand(16)  # claimed below to hold 1x4x4x8 = 128 floats
 p = cpu.packed_weight(torch.randn(8, 8, 3, 3), False, _C.Algorithm.direct)
 b, y = torch.zeros(8), torch.empty(128)
-_C.conv3x3(x.data_ptr(), 128, p.data_ptr(), p.numel(), b.data_ptr(), 8, 0, 0, y.data_ptr(), 128,
-           1, 4, 4, 8, 8, _C.Epilogue.relu, _C.DType.float32, _C.Algorithm.direct, 1, "")
+_C.conv2d(x.data_ptr(), 128, p.data_ptr(), p.numel(), b.data_ptr(), 8, 0, 0, y.data_ptr(), 128,
+          0, 0, 0, 0, 1, 4, 4, 8, 8, 3, 3, 1, 1, 1, 0, 0, 1.0, 1.0,
+          _C.DType.float32, _C.Algorithm.direct, 1, "")
 '
 report=$(mktemp)
 if "$python" -c "$canary" 2>"$report"; then

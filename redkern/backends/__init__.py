@@ -32,15 +32,14 @@ slopes2=None, out=None) -> Tensor``
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 
-from .common import BackendUnavailable, Epilogue
+from .common import BackendUnavailable
 
 log = logging.getLogger("redkern")
 
-BACKEND_NAMES = ("auto", "cpu", "triton", "cuda")
+BACKEND_NAMES = ("auto", "cpu", "triton", "cuda", "cuda_emu")
 _loaded = {}
 
 
@@ -57,11 +56,11 @@ class _Missing:
         raise BackendUnavailable(self.detail)
 
 
-_MODULES = {"cpu": "cpu", "triton": "triton_backend", "cuda": "cuda"}
+_MODULES = {"cpu": "cpu", "triton": "triton_backend", "cuda": "cuda", "cuda_emu": "cuda_emu"}
 
 
 def _load(name: str):
-    """Import a backend module once; return it (it has ``status()`` and ``conv3x3()``)."""
+    """Import a backend module once; return it (the contract in this module's docstring)."""
     if name not in _MODULES:
         raise ValueError(f"unknown backend {name!r}; choose one of {BACKEND_NAMES}")
     if name not in _loaded:
@@ -103,4 +102,4 @@ def default_for(device: torch.device) -> str:
                              "(supported: cpu, cuda)")
 
 
-__all__ = ["BACKEND_NAMES", "BackendUnavailable", "Epilogue", "resolve", "status", "default_for"]
+__all__ = ["BACKEND_NAMES", "BackendUnavailable", "resolve", "status", "default_for"]

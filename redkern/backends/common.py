@@ -1,18 +1,9 @@
-"""What every backend shares: the epilogue codes and the layout helpers."""
+"""What every backend shares: the layout helpers and the prepared-weight cache (the epilogue is
+``redkern.epilogue``)."""
 
 from __future__ import annotations
 
-import enum
-
 import torch
-
-
-class Epilogue(enum.IntEnum):
-    """What a fused kernel applies after the convolution (the values cross into C++)."""
-
-    RELU = 0           # relu(conv + b)
-    RELU_ADD_RELU = 1  # relu(relu(conv + b) + skip)
-    ADD_RESIDUAL = 2   # conv + b + residual
 
 
 class BackendUnavailable(RuntimeError):
@@ -39,10 +30,10 @@ def to_nhwc(x: torch.Tensor) -> torch.Tensor:
 
 
 def conv_weight(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
-    """The Conv2d-layout weight ``[Cout, Cin, 3, 3]`` of a (possibly transposed) 3x3 layer.
+    """The Conv2d-layout weight ``[Cout, Cin, kh, kw]`` of a (possibly transposed) layer.
 
-    A stride-1, padding-1 ConvTranspose2d is the Conv2d with channels swapped and the
-    window flipped.
+    A stride-1 ConvTranspose2d with padding p is the Conv2d with channels swapped, the window
+    flipped and padding ``k - 1 - p``.
     """
     return weight.transpose(0, 1).flip(2, 3) if transposed else weight
 

@@ -23,7 +23,7 @@ import functools
 import torch
 
 from ..epilogue import Act, Epilogue, Residual
-from .common import BackendUnavailable, WeightCache, is_channels_last, to_nhwc
+from .common import BackendUnavailable, WeightCache, conv_weight, is_channels_last, to_nhwc
 
 try:
     from .. import _cuda
@@ -151,6 +151,11 @@ def _check_layer(cin, cout, kernel, padding, transposed, dtype) -> int:
     return k
 
 
+def supported_dtypes() -> tuple[torch.dtype, ...]:
+    """The activation dtypes the CUDA C++ kernels take."""
+    return DTYPES
+
+
 def algorithm(cin: int, cout: int, kernel, padding, transposed: bool, dtype: torch.dtype) -> str:
     """How these kernels compute such a layer: ``"WMMA implicit GEMM 3x3"``, ``"WMMA GEMM 1x1"``
     (fp16/bf16 on tensor cores) or ``"fp32 CUDA-core 3x3"``/``"1x1"``; ``BackendUnavailable``
@@ -159,12 +164,6 @@ def algorithm(cin: int, cout: int, kernel, padding, transposed: bool, dtype: tor
     if dtype == torch.float32:
         return f"fp32 CUDA-core {k}x{k}"
     return "WMMA implicit GEMM 3x3" if k == 3 else "WMMA GEMM 1x1"
-
-
-def conv_weight(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
-    """The Conv2d-layout weight ``[Cout, Cin, k, k]`` of a (possibly transposed) layer: a
-    stride-1 ConvTranspose2d is the Conv2d with channels swapped and the window flipped."""
-    return weight.transpose(0, 1).flip(2, 3) if transposed else weight
 
 
 def pack_weight(weight: torch.Tensor, transposed: bool, cin_pad: int, cout_pad: int) -> torch.Tensor:
