@@ -453,12 +453,10 @@ def reference_view(module: nn.Module, detach: bool = False) -> nn.Module:
     cls = getattr(type(module), "_redkern_reference_class", None)
     if cls is None:
         return module
-    view = copy.copy(module)
-    for name in RUNTIME_ATTRIBUTES:
-        view.__dict__.pop(name, None)
+    view = object.__new__(cls)  # not copy.copy: a fused module's pickling goes through here
+    view.__dict__.update({k: v for k, v in module.__dict__.items() if k not in RUNTIME_ATTRIBUTES})
     if detach:
         own_containers(view)
-    view.__class__ = cls
     return view
 
 
