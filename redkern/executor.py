@@ -118,6 +118,14 @@ class LayerBackends:
         return chosen
 
 
+@torch._dynamo.assume_constant_result  # resolved once, outside any graph: a constant to the compiler
+def backend_names(layers: "LayerBackends", device_type: str, device_index, dtype) -> tuple[str, ...]:
+    """Per step of ``layers.plan``, the backend name that runs it (``"pytorch"`` where none
+    does; ``""`` for PyTorch steps), for ``LayerBackends.for_call``'s choice."""
+    chosen = layers.for_call(torch.device(device_type, device_index), dtype)
+    return tuple(chosen[i][0] if i in chosen else "" for i in range(len(layers.plan.steps)))
+
+
 def _check_dtype(usable, dtype):
     """A dtype no backend here takes is an error for the whole model, never a quiet fallback."""
     for name, mod in usable:
@@ -183,9 +191,10 @@ def run(plan: Plan, root: nn.Module, inputs: tuple, *, backend: str = "auto", mo
         return substitute(plan.output, env)
     if layers is None:
         layers = LayerBackends(plan, backend)
-    chosen = layers.for_call(first.device, first.dtype) if plan.conv_steps else {}
     if mode == "ops":
-        return _run_ops(plan, root, env, chosen, first)
+        names = backend_names(layers, first.device.type, first.device.index, first.dtype) if plan.conv_steps else ()
+        return _run_ops(plan, root, env, names, first)
+    chosen = layers.for_call(first.device, first.dtype) if plan.conv_steps else {}
     return _run_kernels(plan, root, env, chosen, first, pool, layers)
 
 
@@ -234,9 +243,9 @@ def _conv_torch(step: ConvStep, env):
                           step.act_weight, step.act2_weight)
 
 
-def _fused_inputs(plan: Plan, chosen) -> set[int]:
+def _fused_inputs(plan: Plan, names) -> set[int]:
     """Values read by fused steps that run our kernels."""
-    return {v for i, s in enumerate(plan.steps) if i in chosen and chosen[i][1] is not None for v in s.reads}
+    return {v for s, name in zip(plan.steps, names) if name not in ("", "pytorch") for v in s.reads}
 
 
 def _to_input_format(y, like: Tensor | None):
@@ -245,18 +254,18 @@ def _to_input_format(y, like: Tensor | None):
     return y
 
 
-def _run_ops(plan: Plan, root, env, chosen, first):
+def _run_ops(plan: Plan, root, env, names, first):
     ops = torch.ops.redkern
     produced_by_kernel = set()
-    for v in _fused_inputs(plan, chosen) & set(plan.inputs):  # NHWC once, not per layer
+    for v in _fused_inputs(plan, names) & set(plan.inputs):  # NHWC once, not per layer
         if isinstance(env[v], Tensor) and env[v].dim() == 4:
             env[v] = to_nhwc(env[v])
     for i, step in enumerate(plan.steps):
         if isinstance(step, TorchStep):
             env[step.dst] = _run_torch_step(step, env, root)
             continue
-        name, mod, _ = chosen[i]
-        if mod is None or step.folds_batchnorm_in_training:
+        name = names[i]
+        if name == "pytorch" or step.folds_batchnorm_in_training:
             env[step.dst] = _conv_unfused(step, env)
             continue
         x = env[step.src]

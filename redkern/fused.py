@@ -35,6 +35,7 @@ class FusedREDNet(FusedForward, REDNet):
             raise ValueError(f"unknown backend {backend!r}; choose one of {_backends.BACKEND_NAMES}")
         self._redkern_backend = backend
         self.nonfinite = nonfinite
+        self._redkern_runtime_state()  # the plan, made now: a first call may be being compiled
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", backend={self.backend!r}"

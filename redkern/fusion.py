@@ -104,6 +104,10 @@ class FusedForward:
             rt = self.__dict__.setdefault(_RUNTIME, _Runtime(make_plan(reference_view(self)), self.backend))
         return rt
 
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._redkern_runtime_state()  # now, not inside a first call that may be being compiled
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state.pop(_RUNTIME, None)

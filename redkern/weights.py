@@ -47,9 +47,10 @@ def load_file(path) -> object:
         what = f" ({found[1]})" if found else ""
         raise WeightsError(f"{p}: not a RED-Net state_dict: it holds a pickled Python object{what}, not only "
                            "tensors; a whole model saved with torch.save(model)? Save model.state_dict()") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch.load's many ways of failing on what it did not write
         first = str(e).strip().split("\n")[0][:160]
-        raise WeightsError(f"{p}: not a RED-Net state_dict: not a file torch.save wrote ({first})") from None
+        raise WeightsError(f"{p}: not a RED-Net state_dict: not a file torch.save wrote "
+                           f"({type(e).__name__}: {first})") from None
 
 
 def load_checkpoint(path) -> dict:

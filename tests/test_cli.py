@@ -145,7 +145,7 @@ def test_argument_errors_exit_2(tmp_path, capsys, photo, weights):
     assert code == 2 and "none.pt: no such file" in err
     (tmp_path / "junk.pt").write_bytes(b"junk")
     code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--weights", tmp_path / "junk.pt")
-    assert code == 2 and "cannot load it as a state_dict" in err
+    assert code == 2 and "junk.pt: not a RED-Net state_dict: not a file torch.save wrote" in err
     code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--weights", weights, "--model", "red20")
     assert code == 2 and "has depth 10, but 20 was asked for" in err
     code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--features", "4", "--device", "cuda")
