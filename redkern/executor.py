@@ -128,12 +128,15 @@ def backend_names(layers: "LayerBackends", device_type: str, device_index, dtype
 
 def _check_dtype(usable, dtype):
     """A dtype no backend here takes is an error for the whole model, never a quiet fallback."""
-    for name, mod in usable:
-        if dtype in mod.supported_dtypes():
-            return
-    takes = sorted({str(d).removeprefix("torch.") for _, mod in usable for d in mod.supported_dtypes()})
-    raise TypeError(f"the {'/'.join(n for n, _ in usable)} kernels take {', '.join(takes)}, got {dtype}; "
-                    "convert the model and input (model.to(dtype)) or use the reference model")
+    if not dtype.is_floating_point:
+        raise TypeError(f"expected a floating input tensor, got {dtype}; convert images with x.float() / 255 first")
+    errors = []
+    for name, _ in usable:
+        try:
+            return _backends.check_dtype(name, dtype)
+        except TypeError as e:
+            errors.append(str(e))
+    raise TypeError("; ".join(errors))
 
 
 # --- effective weights of a step -----------------------------------------------------------------
@@ -191,11 +194,12 @@ def run(plan: Plan, root: nn.Module, inputs: tuple, *, backend: str = "auto", mo
         return substitute(plan.output, env)
     if layers is None:
         layers = LayerBackends(plan, backend)
+    # Backends are resolved at the first fused step, so that the plan's own input checks (which
+    # come first) name a bad input before a backend names its dtype.
     if mode == "ops":
-        names = backend_names(layers, first.device.type, first.device.index, first.dtype) if plan.conv_steps else ()
-        return _run_ops(plan, root, env, names, first)
-    chosen = layers.for_call(first.device, first.dtype) if plan.conv_steps else {}
-    return _run_kernels(plan, root, env, chosen, first, pool, layers)
+        return _run_ops(plan, root, env, lambda: backend_names(layers, first.device.type, first.device.index,
+                                                               first.dtype), first)
+    return _run_kernels(plan, root, env, lambda: layers.for_call(first.device, first.dtype), first, pool, layers)
 
 
 def _run_torch_step(step: TorchStep, env, root):
@@ -254,16 +258,19 @@ def _to_input_format(y, like: Tensor | None):
     return y
 
 
-def _run_ops(plan: Plan, root, env, names, first):
+def _run_ops(plan: Plan, root, env, resolve, first):
     ops = torch.ops.redkern
     produced_by_kernel = set()
-    for v in _fused_inputs(plan, names) & set(plan.inputs):  # NHWC once, not per layer
-        if isinstance(env[v], Tensor) and env[v].dim() == 4:
-            env[v] = to_nhwc(env[v])
+    names = None
     for i, step in enumerate(plan.steps):
         if isinstance(step, TorchStep):
             env[step.dst] = _run_torch_step(step, env, root)
             continue
+        if names is None:
+            names = resolve()
+            for v in _fused_inputs(plan, names) & set(plan.inputs):  # NHWC once, not per layer
+                if isinstance(env[v], Tensor) and env[v].dim() == 4:
+                    env[v] = to_nhwc(env[v])
         name = names[i]
         if name == "pytorch" or step.folds_batchnorm_in_training:
             env[step.dst] = _conv_unfused(step, env)
@@ -309,19 +316,19 @@ def check_working_set(plan: Plan, x: Tensor) -> None:
             "(the redkern restore command tiles already)")
 
 
-def _run_kernels(plan: Plan, root, env, chosen, first, pool, layers):
+def _run_kernels(plan: Plan, root, env, resolve, first, pool, layers):
     pooled = pool is not None and first.device.type == "cpu"  # CUDA's caching allocator already reuses memory
     signature = tuple((tuple(t.shape), t.dtype, t.device) if isinstance(t, Tensor) else None
                       for t in (env[v] for v in plan.inputs))
-    if signature not in layers.checked_signatures:
-        check_working_set(plan, first)
-        layers.checked_signatures.add(signature)
+    chosen = None
     maps = _CallMaps(pool.take(signature) if pooled else {})
     dying: dict[int, list[int]] = {}
     for v, i in plan.last_uses().items():
         if v not in plan.inputs:
             dying.setdefault(i, []).append(v)
     for i, step in enumerate(plan.steps):
+        if isinstance(step, ConvStep) and chosen is None:
+            chosen = _first_fused_step(plan, first, signature, resolve, layers)
         if isinstance(step, TorchStep):
             env[step.dst] = _run_torch_step(step, env, root)
             maps.adopt(step.dst, env[step.dst])
@@ -357,6 +364,16 @@ def _run_kernels(plan: Plan, root, env, chosen, first, pool, layers):
     if pooled:
         pool.put(signature, maps.free)
     return out
+
+
+def _first_fused_step(plan, first, signature, resolve, layers):
+    """At a call's first fused step: the per-layer backends, and the working-set check (once
+    per input signature)."""
+    chosen = resolve()
+    if signature not in layers.checked_signatures:
+        check_working_set(plan, first)
+        layers.checked_signatures.add(signature)
+    return chosen
 
 
 class _CallMaps:

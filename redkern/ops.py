@@ -44,7 +44,7 @@ __all__ = ["conv2d_fused", "conv_relu", "deconv_relu", "deconv_residual", "check
 
 def check_conv_args(where: str, x: Tensor, weight: Tensor, bias: Tensor | None, extra: Tensor | None,
                     transposed: bool, padding, epilogue: Epilogue, act_weight=None, act2_weight=None,
-                    backend: str = "auto") -> tuple[int, int, int]:
+                    backend: str = "auto", extra_name: str = "extra") -> tuple[int, int, int]:
     """Validate one fused layer's arguments; return ``(Cout, OH, OW)``. Messages name the
     input's and the weight's shapes and what would be allowed."""
     from .validation import check_image_batch
@@ -56,8 +56,8 @@ def check_conv_args(where: str, x: Tensor, weight: Tensor, bias: Tensor | None, 
         raise ValueError(f"{where}: weight must be 4-D {layout}, got shape {tuple(weight.shape)}")
     w_cin, cout = (weight.shape[0], weight.shape[1]) if transposed else (weight.shape[1], weight.shape[0])
     if w_cin != cin:
-        raise ValueError(f"{where}: the weight {tuple(weight.shape)} ({layout}) takes {w_cin} input channels, "
-                         f"the input {tuple(x.shape)} has {cin}")
+        raise ValueError(f"{where}: weight must be {layout} with Cin={cin} matching the input {tuple(x.shape)}, "
+                         f"got {tuple(weight.shape)}")
     if min(weight.shape) < 1:
         raise ValueError(f"{where}: the weight {tuple(weight.shape)} ({layout}) has an empty dimension; "
                          "channels and kernel sizes must be >= 1")
@@ -72,7 +72,7 @@ def check_conv_args(where: str, x: Tensor, weight: Tensor, bias: Tensor | None, 
     if oh < 1 or ow < 1:
         raise ValueError(f"{where}: a {kh}x{kw} kernel with padding {list(padding)} leaves no output of the "
                          f"{x.shape[2]}x{x.shape[3]} input {tuple(x.shape)}")
-    for name, t, want in (("bias", bias, (cout,)), ("extra", extra, (x.shape[0], cout, oh, ow))):
+    for name, t, want in (("bias", bias, (cout,)), (extra_name, extra, (x.shape[0], cout, oh, ow))):
         if t is None:
             continue
         if tuple(t.shape) != want:
@@ -82,7 +82,7 @@ def check_conv_args(where: str, x: Tensor, weight: Tensor, bias: Tensor | None, 
             raise ValueError(f"{where}: {name} is {t.dtype} on {t.device}, the input {x.dtype} on {x.device}")
     if epilogue.needs_extra != (extra is not None):
         raise ValueError(f"{where}: the epilogue {epilogue.formula()} "
-                         + ("needs an extra tensor" if epilogue.needs_extra else "takes no extra tensor"))
+                         + (f"needs {extra_name}" if epilogue.needs_extra else f"takes no {extra_name}"))
     for name, act, t in (("act_weight", epilogue.act, act_weight), ("act2_weight", epilogue.act2, act2_weight)):
         if act == Act.PRELU and t is None:
             raise ValueError(f"{where}: PRELU needs {name} (1 or {cout} values)")
@@ -106,10 +106,11 @@ def _empty_output(x: Tensor, shape) -> Tensor:
     return torch.empty_strided(shape, _output_strides(x, shape), dtype=x.dtype, device=x.device)
 
 
-def _forward(where, x, weight, bias, extra, act_weight, act2_weight, transposed, padding, epilogue, backend):
+def _forward(where, x, weight, bias, extra, act_weight, act2_weight, transposed, padding, epilogue, backend,
+             extra_name="extra"):
     cout, oh, ow = check_conv_args(where, x, weight, bias, extra, transposed, padding, epilogue,
-                                   act_weight, act2_weight, backend)
-    impl = _backends.resolve(backend, x.device)
+                                   act_weight, act2_weight, backend, extra_name)
+    impl = _backends.resolve(backend, x.device, x.dtype)
     if bias is None:
         bias = torch.zeros(cout, dtype=x.dtype, device=x.device)
     y = impl.conv2d(x, weight, bias, extra, transposed=transposed, padding=tuple(padding), epilogue=epilogue,
@@ -167,7 +168,8 @@ def deconv_relu(x: Tensor, weight: Tensor, bias: Tensor, skip: Tensor | None = N
     """``relu(conv_transpose2d(x, weight, bias, padding=1))``, then ``relu(. + skip)`` if given."""
     _check_3x3("redkern.deconv_relu", weight)
     e = RELU if skip is None else RELU_ADD_RELU
-    return _forward("redkern.deconv_relu", x, weight, bias, skip, None, None, True, [1, 1], e, backend)
+    return _forward("redkern.deconv_relu", x, weight, bias, skip, None, None, True, [1, 1], e, backend,
+                    "skip/residual")
 
 
 @torch.library.custom_op("redkern::deconv_residual", mutates_args=())
@@ -176,7 +178,7 @@ def deconv_residual(x: Tensor, weight: Tensor, bias: Tensor, residual: Tensor,
     """``conv_transpose2d(x, weight, bias, padding=1) + residual`` (no activation)."""
     _check_3x3("redkern.deconv_residual", weight)
     return _forward("redkern.deconv_residual", x, weight, bias, residual, None, None, True, [1, 1],
-                    ADD_RESIDUAL, backend)
+                    ADD_RESIDUAL, backend, "skip/residual")
 
 
 def _fake_3x3(x, weight, transposed):
@@ -266,30 +268,27 @@ def _grads(ctx, grad, needs):
 conv2d_fused.register_autograd(_backward, setup_context=_setup)
 
 
-def _wrapper_setup(transposed, epilogue_of):
+def _wrapper_autograd(op, transposed: bool, epilogue_of, takes_extra: bool):
+    """Register a RED op's gradients: the general op's, for its 3 or 4 tensor arguments."""
     def setup(ctx, inputs, output):
         x, weight, bias = inputs[:3]
-        extra = inputs[3] if len(inputs) > 4 else None
+        extra = inputs[3] if takes_extra else None
         ctx.save_for_backward(x, weight, bias, extra, None, None)
         ctx.transposed, ctx.padding, ctx.has_bias = transposed, [1, 1], True
         ctx.epilogue = epilogue_of(extra)
-        ctx.wrapper_arity = len(inputs)
-    return setup
+
+    def backward(ctx, grad):
+        needs = ctx.needs_input_grad
+        wants_extra = takes_extra and len(needs) > 3 and needs[3]
+        gx, gw, gb, g_extra, *_ = _grads(ctx, grad, (needs[0], needs[1], needs[2], wants_extra, False, False))
+        return (gx, gw, gb, g_extra, None) if takes_extra else (gx, gw, gb, None)
+
+    op.register_autograd(backward, setup_context=setup)
 
 
-def _wrapper_backward(ctx, grad):
-    has_extra = ctx.wrapper_arity > 4
-    needs = tuple(ctx.needs_input_grad[:3]) + (has_extra and ctx.needs_input_grad[3], False, False)
-    gx, gw, gb, g_extra, *_ = _grads(ctx, grad, needs)
-    if ctx.wrapper_arity > 4:
-        return gx, gw, gb, g_extra, None
-    return gx, gw, gb, None
-
-
-conv_relu.register_autograd(_wrapper_backward, setup_context=_wrapper_setup(False, lambda e: RELU))
-deconv_relu.register_autograd(_wrapper_backward, setup_context=_wrapper_setup(
-    True, lambda skip: RELU if skip is None else RELU_ADD_RELU))
-deconv_residual.register_autograd(_wrapper_backward, setup_context=_wrapper_setup(True, lambda r: ADD_RESIDUAL))
+_wrapper_autograd(conv_relu, False, lambda extra: RELU, takes_extra=False)
+_wrapper_autograd(deconv_relu, True, lambda skip: RELU if skip is None else RELU_ADD_RELU, takes_extra=True)
+_wrapper_autograd(deconv_residual, True, lambda residual: ADD_RESIDUAL, takes_extra=True)
 
 
 # --- the reference semantics of the RED-Net ops, used by tests and benchmarks -----------------

@@ -57,6 +57,16 @@ class _Missing:
 
 
 _MODULES = {"cpu": "cpu", "triton": "triton_backend", "cuda": "cuda", "cuda_emu": "cuda_emu"}
+KERNEL_NAMES = {"cpu": "CPU", "triton": "Triton", "cuda": "CUDA C++", "cuda_emu": "emulated CUDA C++"}
+
+
+def check_dtype(name: str, dtype) -> None:
+    """``TypeError`` unless backend ``name``'s kernels take activations of ``dtype``."""
+    takes = _load(name).supported_dtypes()
+    if dtype not in takes:
+        names = ", ".join(str(d).removeprefix("torch.") for d in takes)
+        raise TypeError(f"the {KERNEL_NAMES[name]} kernels take {names}, got {dtype}; convert with "
+                        f"x.float() (or use the reference model for {dtype})")
 
 
 def _load(name: str):
@@ -78,12 +88,15 @@ def status() -> dict[str, dict]:
     return {name: _load(name).status() for name in BACKEND_NAMES[1:]}
 
 
-def resolve(name: str, device: torch.device):
-    """The backend module that runs ops for tensors on ``device``."""
+def resolve(name: str, device: torch.device, dtype=None):
+    """The backend module that runs ops for tensors on ``device`` (of ``dtype``, if given:
+    ``TypeError`` when its kernels do not take it)."""
     if name == "auto":
         name = default_for(device)
     mod = _load(name)
     mod.check_can_run(device)
+    if dtype is not None:
+        check_dtype(name, dtype)
     return mod
 
 
@@ -102,4 +115,5 @@ def default_for(device: torch.device) -> str:
                              "(supported: cpu, cuda)")
 
 
-__all__ = ["BACKEND_NAMES", "BackendUnavailable", "resolve", "status", "default_for"]
+__all__ = ["BACKEND_NAMES", "BackendUnavailable", "resolve", "status", "default_for", "check_dtype",
+           "KERNEL_NAMES"]
