@@ -107,7 +107,7 @@ class Epilogue:
 
     @classmethod
     def decode(cls, act, slope, alpha, residual, beta, act2, slope2) -> "Epilogue":
-        return cls(Act(act), alpha, Residual(residual), beta, Act(act2), slope, slope2)
+        return cls(act, alpha, residual, beta, act2, slope, slope2)  # __post_init__ names a bad code
 
     def formula(self, conv: str = "conv", extra: str = "extra", bias: str | None = "b") -> str:
         """The epilogue as arithmetic, e.g. ``relu(relu(conv + b) + extra)`` (``bias=None``:
