@@ -20,8 +20,10 @@ from .models import REDNet, skip_pairs
 from .layer_plan import Plan, PlanError, plan
 from .report import explain
 from .tiling import InexactTilingWarning, restore_file, run_tiled, tiled
+from .validation import NonFiniteInput, WorkingSetTooLarge
 from .zoo import RED10, RED20, RED30
 from . import pretrained  # redkern.pretrained("denoise"): the shipped weights (loaded on call)
+from . import testing  # the shared test cases and reference (tests, benchmarks, users' own checks)
 
 
 def backends() -> dict[str, dict]:
@@ -35,4 +37,4 @@ def backends() -> dict[str, dict]:
 __all__ = ["REDNet", "FusedREDNet", "RED10", "RED20", "RED30", "skip_pairs", "backends",
            "BackendUnavailable", "ops", "__version__", "tiled", "restore_file", "run_tiled",
            "InexactTilingWarning", "pretrained", "fuse", "is_fused", "plan", "Plan", "PlanError",
-           "explain", "Epilogue", "Act", "Residual"]
+           "explain", "Epilogue", "Act", "Residual", "NonFiniteInput", "WorkingSetTooLarge", "testing"]

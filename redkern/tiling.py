@@ -121,9 +121,15 @@ def tile_overhead(tiles: list[Tile], height: int, width: int) -> float:
 def smallest_window(height: int, width: int, halo: int, max_overhead: float) -> int:
     """The smallest square window whose tiles of a ``height x width`` image cost at most
     ``max_overhead`` times whole-image inference."""
-    tile = max(2 * halo + 1, int(2 * halo * max_overhead ** 0.5 / (max_overhead ** 0.5 - 1)) - 1)
-    while tile < max(height, width) and tile_overhead(plan_tiles(height, width, tile, halo), height, width) > max_overhead:
-        tile += max(1, tile // 32)
+    def fits(t):
+        return t >= max(height, width) or tile_overhead(plan_tiles(height, width, t, halo), height, width) <= max_overhead
+
+    # Start where (t / (t - 2 halo))^2 = max_overhead, then walk to the edge of what fits.
+    tile = max(2 * halo + 1, int(2 * halo * max_overhead ** 0.5 / (max_overhead ** 0.5 - 1)))
+    while not fits(tile):
+        tile += 1
+    while tile > 2 * halo + 1 and fits(tile - 1):
+        tile -= 1
     return tile
 
 

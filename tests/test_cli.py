@@ -388,3 +388,132 @@ def test_python_dash_m_and_the_console_script_agree():
     b = run("--help")
     assert a.returncode == b.returncode == 0 and a.stdout == b.stdout and "restore" in a.stdout
     assert os.access(script, os.X_OK)
+
+
+# --- bad input refused early, in the command line's words ---------------------------------------
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "denoise", "--sigma", "-1"], "--sigma -1: sigma -1.0 is not a number in [0.0, 255.0]"),
+    (["--task", "denoise", "--sigma", "1000"], "--sigma 1000: sigma 1000.0 is not"),
+    (["--task", "denoise", "--sigma", "nan"], "--sigma nan: sigma nan is not"),
+    (["--task", "sr", "--scale", "0"], "--scale 0: scale 0 is not an integer in [2, 16]"),
+    (["--task", "jpeg", "--quality", "500"], "--quality 500: quality 500 is not an integer in [1, 100]"),
+    (["--task", "sr", "--sigma", "25"], "--sigma describes the input of --task denoise, and means nothing with --task sr"),
+    (["--sigma", "25"], "--sigma describes the input of --task denoise, and means nothing with no --task"),
+])
+def test_levels_no_model_can_mean_are_refused_before_anything_is_read(tmp_path, capsys, args, message):
+    missing = tmp_path / "not-there.png"  # never opened: the arguments are refused first
+    code, err = main(capsys, "restore", missing, tmp_path / "o.png", *args)
+    assert code == cli.EXIT_USAGE and message in err, err
+    assert "not-there.png" not in err
+
+
+def test_levels_outside_the_trained_range_get_one_line_in_our_words(tmp_path, capsys, photo):
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--task", "sr", "--scale", "7")
+    assert code == 0, err
+    assert "redkern: note: the sr model was trained on" in err and "scale 7 is outside" in err
+    assert "UserWarning" not in err and ".py:" not in err
+
+
+def test_a_window_that_is_nearly_all_halo_is_refused_with_the_smallest_sensible_one(tmp_path, capsys, rng):
+    src = tmp_path / "in.npy"
+    np.save(src, rng.random((128, 128), dtype=np.float32))
+    code, err = main(capsys, "restore", src, tmp_path / "o.npy", "--model", "red30", "--features", "4", "--tile", "61")
+    assert code == cli.EXIT_USAGE and "computes" in err and "the smallest sensible window is" in err, err
+    smallest = int(err.rsplit("is ", 1)[1].split()[0])
+    from redkern.tiling import plan_tiles, tile_overhead
+    assert tile_overhead(plan_tiles(128, 128, smallest, 30), 128, 128) <= cli.MAX_TILE_OVERHEAD
+    assert tile_overhead(plan_tiles(128, 128, smallest - 1, 30), 128, 128) > cli.MAX_TILE_OVERHEAD
+    assert main(capsys, "restore", src, tmp_path / "o.npy", "--model", "red30", "--features", "4", "--quiet",
+                "--tile", str(smallest))[0] == 0
+
+
+def test_a_dtype_the_kernels_do_not_take_is_refused_before_the_input_is_opened(tmp_path, capsys):
+    code, err = main(capsys, "restore", tmp_path / "not-there.png", tmp_path / "o.png", "--dtype", "float16",
+                     "--features", "4")
+    assert code == cli.EXIT_USAGE, err
+    assert "--dtype float16: the CPU kernels take float32, bfloat16" in err and "--backend reference" in err
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_truncated_tiff_is_an_input_error_naming_the_file(tmp_path, capsys, rng, compression):
+    import tifffile
+
+    full = tmp_path / "full.tif"
+    tifffile.imwrite(full, (rng.random((200, 200)) * 255).astype(np.uint8), compression=compression, rowsperstrip=16)
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    code, err = main(capsys, "restore", cut, tmp_path / "o.tif", "--model", "red10", "--features", "4", "--quiet")
+    assert code == cli.EXIT_INPUT and f"{cut}: truncated or corrupt" in err, err
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_npy_files_that_are_not_numeric_arrays(tmp_path, capsys):
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "garbled.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{garbage" + b" " * 100)
+    for name in ("objects.npy", "garbled.npy"):
+        code, err = main(capsys, "restore", tmp_path / name, tmp_path / "o.npy", "--model", "red10", "--features", "4")
+        assert code == cli.EXIT_INPUT and f"{name}: not a numeric .npy array" in err, err
+        assert "allow_pickle" not in err
+
+
+def test_weights_that_are_not_a_state_dict_get_one_line(tmp_path, capsys, photo):
+    torch.save(redkern.RED10(features=4), tmp_path / "whole.pt")
+    for path, says in ((photo, "not a file torch.save wrote"),
+                       (tmp_path / "whole.pt", "it holds a pickled Python object (redkern.models.REDNet)")):
+        code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--weights", path)
+        assert code == cli.EXIT_USAGE and f"not a RED-Net state_dict: {says}" in err, err
+        assert err.count("\n") == 1 and "weights_only" not in err
+
+
+@pytest.mark.parametrize("args,code,says", [
+    (["--task", "denoise", "--level", "-5"], 2, "--level -5: sigma '-5' is not a number in"),
+    (["--task", "denoise", "--level", "abc"], 2, "--level abc: sigma must be a number"),
+    (["--task", "jpeg", "--level", "10,500"], 2, "--level 500"),
+    (["--task", "denoise", "--level", "25", "--data", "/nonexistent/folder"], 3, "no such image folder"),
+])
+def test_eval_uses_the_restore_exit_codes(capsys, args, code, says):
+    if "--data" not in args:
+        args = args + ["--data", "/nonexistent/folder"]
+    got, err = main(capsys, "eval", *args, "--no-baseline")
+    assert got == code and says in err, err
+
+
+def test_help_describes_every_argument_in_command_line_words():
+    text = subprocess.run([sys.executable, "-m", "redkern", "restore", "--help"], capture_output=True, text=True,
+                          cwd=tempfile.gettempdir()).stdout
+    import re
+    assert re.search(r"INPUT\s+the image to restore", text) and re.search(r"OUTPUT\s+where the restored image goes", text)
+    assert "blind" in text  # --sigma says what it does with the level
+
+
+def test_messages_use_command_line_words(tmp_path, capsys, photo):
+    (tmp_path / "o.png").write_bytes(b"x")
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--features", "4")
+    assert code == cli.EXIT_OUTPUT and "pass --overwrite" in err and "overwrite=True" not in err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX pseudo-terminals")
+def test_the_progress_bar_shows_on_a_pseudo_terminal_without_a_window_size(tmp_path, rng):
+    import pty
+
+    src = tmp_path / "in.npy"
+    np.save(src, rng.random((300, 300), dtype=np.float32))
+    master, slave = pty.openpty()  # a fresh pty reports 0 x 0, as `script` fed from a pipe does
+    child = subprocess.Popen([sys.executable, "-m", "redkern", "restore", str(src), str(tmp_path / "o.npy"),
+                              "--model", "red10", "--features", "4", "--tile", "128"],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, cwd=tempfile.gettempdir())
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    child.wait(timeout=120)
+    os.close(master)
+    assert child.returncode == 0, seen
+    assert b"9/9 [" in seen and b"tile/s" in seen, seen[-500:]

@@ -159,3 +159,62 @@ def test_unavailable_backend_is_a_clear_error():
             model(x)
     with pytest.raises(ValueError, match="unknown backend"):
         redkern.RED10(fused=True, backend="metal")
+
+
+# --- non-finite inputs, copies, memory --------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", redkern.testing.backends_here())
+def test_nan_and_inf_inputs_are_refused_unless_let_through(backend):
+    ref, fused = pair(redkern.RED10, 1, 8, backend=backend)
+    x = torch.rand(1, 1, 12, 14)
+    x[0, 0, 3, 4], x[0, 0, 9, 1] = float("nan"), float("inf")
+    with torch.no_grad():
+        with pytest.raises(redkern.NonFiniteInput, match=r"2 NaN/inf value\(s\), the first at index \[0, 0, 3, 4\]"):
+            fused(x)
+        fused.nonfinite = "propagate"
+        got, want = fused(x), ref(x)
+    bad = ~torch.isfinite(want)
+    assert (~torch.isfinite(got[bad])).all(), "a value PyTorch makes non-finite came out finite"
+    with pytest.raises(ValueError, match="nonfinite must be one of"):
+        fused.nonfinite = "ignore"
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+def test_a_fused_model_copies_and_pickles_after_inference(how):
+    import copy
+    import io
+    import pickle
+
+    _, fused = pair(redkern.RED20, 1, 8)
+    x = torch.rand(1, 1, 9, 11)
+    with torch.inference_mode():
+        want = fused(x)
+    if how == "deepcopy":
+        other = copy.deepcopy(fused)
+    elif how == "pickle":
+        other = pickle.loads(pickle.dumps(fused))
+    else:
+        buf = io.BytesIO()
+        torch.save(fused, buf)
+        buf.seek(0)
+        other = torch.load(buf, weights_only=False)
+    assert type(other) is redkern.FusedREDNet and other.backend == fused.backend
+    with torch.inference_mode():
+        assert torch.equal(other(x), want)
+    fused.release_buffers()
+    copy.deepcopy(fused)  # and after releasing
+
+
+def test_a_whole_image_that_cannot_fit_is_refused_before_allocating(monkeypatch):
+    from redkern import executor
+
+    _, fused = pair(redkern.RED30, 1, 64)
+    monkeypatch.setattr(executor, "available_memory", lambda device: 64 * 2**20)  # 64 MiB free
+    x = torch.rand(1, 1, 512, 512)  # nine 64-channel maps of 64 MiB: ~0.6 GiB
+    with torch.inference_mode():
+        with pytest.raises(redkern.WorkingSetTooLarge, match=r"needs about 0\.6 GiB .*redkern\.tiled"):
+            fused(x)
+    assert fused._redkern_runtime_state().pool.nbytes() == 0
+    monkeypatch.undo()
+    with torch.inference_mode():
+        assert fused(torch.rand(1, 1, 16, 16)).shape == (1, 1, 16, 16)

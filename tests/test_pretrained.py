@@ -120,3 +120,9 @@ def test_restore_command_uses_the_shipped_weights(tmp_path, clean):
     out = torch.from_numpy(np.asarray(Image.open(tmp_path / "out.png")).astype(np.float32) / 255)
     noisy8 = torch.from_numpy(np.asarray(Image.open(tmp_path / "in.png")).astype(np.float32) / 255)
     assert psnr(out, clean[0, 0]) > psnr(noisy8, clean[0, 0]) + 6
+
+
+@pytest.mark.parametrize("task", ["nonexistent", "", None])
+def test_an_unknown_task_names_the_available_ones(task):
+    with pytest.raises(ValueError, match=r"choose one of \('denoise', 'sr', 'jpeg'\)"):
+        redkern.pretrained(task)

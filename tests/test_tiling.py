@@ -338,3 +338,10 @@ def test_out_of_core_64_megapixels_float32(tmp_path, record_property):
 def test_out_of_core_268_megapixels_uint8(tmp_path, record_property):
     """16384x16384 uint8, the issue's size: .npy in, .npy out."""
     _out_of_core(tmp_path, 16384, np.uint8, ".npy", ".npy", 512, record_property)
+
+
+@pytest.mark.parametrize("tile", [2.5, "512", (64, 2.0), True])
+def test_a_tile_that_is_not_an_integer_is_a_type_error(tile):
+    model = redkern.REDNet(2, features=2)
+    with pytest.raises(TypeError, match="tile must be an int or a pair"):
+        tiled(model, torch.rand(1, 1, 8, 8), tile=tile, quiet=True)
