@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TASKS", "add_gaussian_noise", "bicubic_resize", "bicubic_degrade", "modcrop",
+__all__ = ["TASKS", "dihedral", "dihedral_inverse", "add_gaussian_noise", "bicubic_resize", "bicubic_degrade", "modcrop",
            "jpeg_roundtrip", "jpeg_bytes", "quantize", "Degradation", "parse_levels"]
 
 TASKS = ("denoise", "sr", "jpeg")
@@ -202,3 +202,22 @@ class Degradation:
             idx = torch.from_numpy(np.flatnonzero(levels == s))
             out[idx] = bicubic_degrade(x[idx], int(s))
         return out
+
+
+# --- the square's symmetries: augmentation in training, the x8 self-ensemble in evaluation ------
+
+def dihedral(x, k: int):
+    """The ``k``-th of the square's 8 symmetries (``k`` in 0..7) on the last two axes."""
+    axes = (-2, -1)
+    if isinstance(x, np.ndarray):
+        x = np.rot90(x, k % 4, axes=axes)
+        return x[..., ::-1] if k >= 4 else x
+    x = torch.rot90(x, k % 4, dims=axes)
+    return x.flip(-1) if k >= 4 else x
+
+
+def dihedral_inverse(x, k: int):
+    """Undo ``dihedral(x, k)``."""
+    if k >= 4:
+        x = x[..., ::-1] if isinstance(x, np.ndarray) else x.flip(-1)
+    return np.rot90(x, -(k % 4), axes=(-2, -1)) if isinstance(x, np.ndarray) else torch.rot90(x, -(k % 4), dims=(-2, -1))

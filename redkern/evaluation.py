@@ -2,7 +2,7 @@
 
     redkern eval --task denoise --level 25 --data .data/redkern-gray/val --ensemble
 
-For each clean image the degraded input is made once, reproducibly (``training.validation_pairs``:
+For each clean image the degraded input is made once, reproducibly (``datasets.validation_pairs``:
 ``numpy.random.default_rng([seed, index])``; SR crops the image to a multiple of the scale),
 and every candidate is scored against the clean image with scikit-image's
 ``peak_signal_noise_ratio`` (data range 255) and ``structural_similarity`` (Wang et al.'s
@@ -18,16 +18,18 @@ the model's outputs over the 8 flips/rotations of the input.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .degradations import TASKS
 
-__all__ = ["evaluate", "EvalResult", "metrics", "run_model", "bm3d_denoise", "markdown_table",
+__all__ = ["evaluate", "EvalResult", "metrics", "psnr", "run_model", "bm3d_denoise", "markdown_table",
            "add_arguments", "main"]
 
 BASELINE_NAME = {"denoise": "BM3D", "sr": "bicubic", "jpeg": "JPEG"}
@@ -53,11 +55,19 @@ def metrics(clean: np.ndarray, result: np.ndarray) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def psnr(out: torch.Tensor, clean: torch.Tensor) -> float:
+    """PSNR in dB on [0, 255] of ``out`` rounded to 8 bits against ``clean``."""
+    from .degradations import quantize
+
+    mse = F.mse_loss(quantize(out.float()) * 255, clean.float() * 255).item()
+    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
 def run_model(model, x: torch.Tensor, *, ensemble: bool = False, transforms=None) -> torch.Tensor:
     """``model(x)`` on the model's device and dtype, back as float32 on the CPU; with
     ``ensemble``, the mean over the 8 flips/rotations (each undone before averaging).
-    ``transforms``: which of the 8 (``training.dihedral``) to sum instead, without dividing."""
-    from .training import dihedral, dihedral_inverse
+    ``transforms``: which of the 8 (``degradations.dihedral``) to sum instead, without dividing."""
+    from .degradations import dihedral, dihedral_inverse
 
     p = next(model.parameters())
     xd = x.to(device=p.device, dtype=p.dtype)
@@ -106,9 +116,9 @@ class EvalResult:
 
 def evaluate(model, images, task: str, level, *, ensemble: bool = False, baseline: bool = True,
              seed: int = 0, name: str = "RED", progress: bool = False) -> EvalResult:
-    """Score ``model`` on ``images`` (``[(name, pixels [H, W, C])]``, as ``training.load_images``)
+    """Score ``model`` on ``images`` (``[(name, pixels [H, W, C])]``, as ``datasets.load_images``)
     degraded by ``task`` at ``level``; see the module docstring for the protocol."""
-    from .training import validation_pairs
+    from .datasets import validation_pairs
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
@@ -188,7 +198,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def main(args=None) -> int:
     """Run ``redkern eval`` from parsed ``args`` (or ``sys.argv``); prints markdown tables."""
     from . import pretrained
-    from .training import load_images
+    from .datasets import load_images
 
     if args is None or isinstance(args, list):
         args = add_arguments(argparse.ArgumentParser(prog="redkern eval", description=__doc__.split("\n\n")[0])

@@ -50,14 +50,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .degradations import DEFAULT_LEVELS, TASKS, Degradation
+from .datasets import load_images, split_folders, to_tensor, validation_pairs
+from .degradations import DEFAULT_LEVELS, TASKS, Degradation, dihedral
+from .evaluation import psnr
 from .progress import progress_bar
 from .weights import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 
-__all__ = ["TrainConfig", "train", "load_images", "PatchStream", "build_model", "lr_at",
-           "load_checkpoint", "add_arguments", "main", "CHECKPOINT_FORMAT"]
+__all__ = ["TrainConfig", "train", "PatchStream", "build_model", "lr_at", "add_arguments", "main"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
 HEADLINE_LEVEL = {"denoise": 25, "sr": 2, "jpeg": 10}  # the level validation reports by default
 
 
@@ -115,81 +115,6 @@ class TrainConfig:
 
 
 # --- data ---------------------------------------------------------------------------------
-
-def _model_pixels(pixels: np.ndarray, channels: int, alpha: bool) -> np.ndarray:
-    """File pixels ``[H, W, C]`` -> ``[H, W, channels]`` in the model's terms (uint8 kept 8-bit)."""
-    from .imageio import ChannelPlan, to_float
-
-    colour = pixels.shape[2] - int(alpha)
-    plan = ChannelPlan(pixels.shape[2], alpha, channels, np.float32)
-    if not plan.luma and pixels.dtype == np.uint8:
-        return np.ascontiguousarray(pixels[..., :colour])
-    values = plan.model_input(pixels).transpose(1, 2, 0)
-    if pixels.dtype == np.uint8:  # Y of 8-bit RGB: back on the 8-bit grid, like the file would be
-        return np.rint(np.clip(values, 0, 1) * 255).astype(np.uint8)
-    return np.ascontiguousarray(to_float(values))
-
-
-def image_files(folder) -> list[Path]:
-    """The image files in ``folder``, sorted; ``imageio.ImageNotFound`` if there are none."""
-    from .imageio import ImageNotFound
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ImageNotFound(f"{folder}: no such image folder", path=folder, reading=True)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ImageNotFound(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in it", path=folder, reading=True)
-    return files
-
-
-def load_images(folder, channels: int = 1) -> list[tuple[str, np.ndarray]]:
-    """``[(name, pixels [H, W, channels])]`` for every image in ``folder``, sorted by name.
-
-    Pixels stay uint8 for 8-bit files (float32 in [0, 1] otherwise)."""
-    from .imageio import open_image
-
-    out = []
-    for path in image_files(folder):
-        with open_image(path) as reader:
-            pixels = reader.read(slice(0, reader.height), slice(0, reader.width))
-            alpha = reader.alpha
-        pixels = pixels if pixels.ndim == 3 else pixels[..., None]
-        out.append((path.stem, _model_pixels(pixels, channels, alpha)))
-    return out
-
-
-def split_folders(data, val_data=None) -> tuple[Path, Path | None]:
-    """``data/train`` and ``data/val`` when ``data`` has them, else ``data`` and ``val_data``."""
-    data = Path(data)
-    if (data / "train").is_dir():
-        val = Path(val_data) if val_data else (data / "val" if (data / "val").is_dir() else None)
-        return data / "train", val
-    return data, Path(val_data) if val_data else None
-
-
-def to_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """``[H, W, C]`` uint8 or float pixels -> float32 ``[C, H, W]`` in [0, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
-    return t.float() / 255 if t.dtype == torch.uint8 else t.float()
-
-
-def dihedral(x, k: int):
-    """The ``k``-th of the square's 8 symmetries (``k`` in 0..7) on the last two axes."""
-    axes = (-2, -1)
-    if isinstance(x, np.ndarray):
-        x = np.rot90(x, k % 4, axes=axes)
-        return x[..., ::-1] if k >= 4 else x
-    x = torch.rot90(x, k % 4, dims=axes)
-    return x.flip(-1) if k >= 4 else x
-
-
-def dihedral_inverse(x, k: int):
-    """Undo ``dihedral(x, k)``."""
-    if k >= 4:
-        x = x[..., ::-1] if isinstance(x, np.ndarray) else x.flip(-1)
-    return np.rot90(x, -(k % 4), axes=(-2, -1)) if isinstance(x, np.ndarray) else torch.rot90(x, -(k % 4), dims=(-2, -1))
-
 
 class PatchStream(torch.utils.data.IterableDataset):
     """An endless stream of ``(degraded, clean)`` batches ``[batch, C, patch, patch]`` float32.
@@ -294,30 +219,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 # --- validation ---------------------------------------------------------------------------
-
-def validation_pairs(images, task: str, level, seed: int = 0):
-    """``[(name, degraded [1, C, H, W], clean [1, C, H, W])]``: each image degraded once at
-    ``level`` with ``default_rng([seed, index])`` (the pairs ``redkern eval`` uses too)."""
-    from .degradations import modcrop
-
-    degradation = Degradation(task, [level])
-    pairs = []
-    for i, (name, pixels) in enumerate(images):
-        clean = to_tensor(pixels)[None]
-        if task == "sr":
-            clean = modcrop(clean, int(level))
-        degraded = degradation.apply(clean, level, np.random.default_rng([seed, i]))
-        pairs.append((name, degraded, clean))
-    return pairs
-
-
-def psnr(out: torch.Tensor, clean: torch.Tensor) -> float:
-    """PSNR in dB on [0, 255] of ``out`` rounded to 8 bits against ``clean``."""
-    from .degradations import quantize
-
-    mse = F.mse_loss(quantize(out.float()) * 255, clean.float() * 255).item()
-    return float("inf") if mse == 0 else 10 * math.log10(255 ** 2 / mse)
-
 
 @torch.no_grad()
 def validate(model, pairs, device, amp: bool) -> tuple[float, float]:

@@ -7,7 +7,9 @@ from PIL import Image
 
 from redkern import imageio
 from redkern.evaluation import evaluate, main, metrics, run_model, to_uint8
-from redkern.training import build_model, dihedral, dihedral_inverse, load_images, validation_pairs
+from redkern.datasets import load_images, validation_pairs
+from redkern.degradations import dihedral, dihedral_inverse
+from redkern.training import build_model
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 

@@ -84,7 +84,8 @@ def test_unknown_task_says_what_exists():
 
 
 def test_export_round_trips_a_training_checkpoint(tmp_path):
-    from redkern.training import CHECKPOINT_FORMAT, build_model
+    from redkern.training import build_model
+    from redkern.weights import CHECKPOINT_FORMAT
 
     model = build_model(4, 1, 8)
     torch.nn.init.normal_(model.deconv_2.weight, std=0.1)

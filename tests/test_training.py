@@ -10,8 +10,10 @@ from PIL import Image
 
 from redkern import degradations as deg
 from redkern import imageio
-from redkern.training import (PatchStream, TrainConfig, build_model, dihedral, dihedral_inverse,
-                              load_checkpoint, load_images, lr_at, train)
+from redkern.datasets import load_images
+from redkern.degradations import dihedral, dihedral_inverse
+from redkern.training import PatchStream, TrainConfig, build_model, lr_at, train
+from redkern.weights import load_checkpoint
 
 
 def sample(size=256) -> torch.Tensor:
