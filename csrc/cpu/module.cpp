@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/epilogue_bindings.h"
 #include "cpu/conv.h"
 
 namespace py = pybind11;
@@ -104,6 +105,7 @@ const float* slope_array(const char* which, const char* act_field, int act, std:
 PYBIND11_MODULE(_C, m) {
   m.doc() = "redkern CPU kernels (fused stride-1 KxK convolutions on NHWC activations)";
   m.attr("cuda_status") = REDKERN_CUDA_STATUS;
+  redkern::export_epilogue_codes(m);
   m.attr("few_cout_max") = kFewCoutMax;
 
   py::enum_<DType>(m, "DType")

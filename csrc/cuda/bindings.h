@@ -3,6 +3,7 @@
 // element counts of their buffers, and everything is validated before a launch.
 #pragma once
 
+#include "common/epilogue_bindings.h"
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -68,16 +69,7 @@ inline void def_common(pybind11::module_& m) {
   m.attr("DTYPE_CODES") = py::dict(py::arg("float32") = int(DType::kFloat32),
                                    py::arg("float16") = int(DType::kFloat16),
                                    py::arg("bfloat16") = int(DType::kBFloat16));
-  // The epilogue codes as this build compiled them (redkern/epilogue.def), for tests that
-  // check Python and C++ agree.
-  py::dict acts, residuals;
-#define REDKERN_ACT(name, code) acts[#name] = code;
-#define REDKERN_RESIDUAL(name, code) residuals[#name] = code;
-#include "redkern/epilogue.def"
-#undef REDKERN_ACT
-#undef REDKERN_RESIDUAL
-  m.attr("ACT_CODES") = acts;
-  m.attr("RESIDUAL_CODES") = residuals;
+  redkern::export_epilogue_codes(m);
   // (kernel, padding) of the convolutions the kernels run.
   m.attr("KERNELS") = py::make_tuple(py::make_tuple(3, 1), py::make_tuple(1, 0));
   m.attr("TILE") = py::make_tuple(kTileH, kTileW);
