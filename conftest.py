@@ -58,3 +58,16 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
     setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def poisoned_empty():
+    """torch.empty returns NaN-filled memory, so an element a kernel forgets to write fails."""
+    import torch
+
+    old = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old[0])
+    torch.utils.deterministic.fill_uninitialized_memory = old[1]

@@ -24,7 +24,7 @@ from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, refer
 
 __all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close",
            "max_rel_error", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "FUSE_MODULES",
-           "backends_here"]
+           "backends_here", "copied", "COPY_WAYS"]
 
 # Every activation in both places and every residual mode, with scales that are not 1.
 EPILOGUES: dict[str, Epilogue] = {
@@ -313,3 +313,24 @@ def backends_here() -> list[str]:
     from .backends import status
 
     return [name for name, st in status().items() if st["available"] and "cpu" in st["devices"]]
+
+
+COPY_WAYS = ("deepcopy", "pickle", "torch.save")
+
+
+def copied(module: nn.Module, how: str) -> nn.Module:
+    """``module`` copied one of the ways users and cluster workers copy models (``COPY_WAYS``)."""
+    import copy
+    import io
+    import pickle
+
+    if how == "deepcopy":
+        return copy.deepcopy(module)
+    if how == "pickle":
+        return pickle.loads(pickle.dumps(module))
+    if how == "torch.save":
+        buf = io.BytesIO()
+        torch.save(module, buf)
+        buf.seek(0)
+        return torch.load(buf, weights_only=False)
+    raise ValueError(f"how must be one of {COPY_WAYS}, got {how!r}")

@@ -179,30 +179,18 @@ def test_nan_and_inf_inputs_are_refused_unless_let_through(backend):
         fused.nonfinite = "ignore"
 
 
-@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+@pytest.mark.parametrize("how", redkern.testing.COPY_WAYS)
 def test_a_fused_model_copies_and_pickles_after_inference(how):
-    import copy
-    import io
-    import pickle
-
     _, fused = pair(redkern.RED20, 1, 8)
     x = torch.rand(1, 1, 9, 11)
     with torch.inference_mode():
         want = fused(x)
-    if how == "deepcopy":
-        other = copy.deepcopy(fused)
-    elif how == "pickle":
-        other = pickle.loads(pickle.dumps(fused))
-    else:
-        buf = io.BytesIO()
-        torch.save(fused, buf)
-        buf.seek(0)
-        other = torch.load(buf, weights_only=False)
+    other = redkern.testing.copied(fused, how)
     assert type(other) is redkern.FusedREDNet and other.backend == fused.backend
     with torch.inference_mode():
         assert torch.equal(other(x), want)
     fused.release_buffers()
-    copy.deepcopy(fused)  # and after releasing
+    redkern.testing.copied(fused, how)  # and after releasing
 
 
 def test_a_whole_image_that_cannot_fit_is_refused_before_allocating(monkeypatch):

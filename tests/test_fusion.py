@@ -7,9 +7,6 @@ odd sizes, batch 2. ``torch.empty`` is NaN-filled for these tests, so a feature 
 fails to write fails the comparison.
 """
 
-import copy
-import io
-import pickle
 
 import pytest
 import torch
@@ -22,19 +19,9 @@ from redkern.backends.common import BackendUnavailable
 from redkern.fusion import FusedForward
 from redkern.layer_plan import ConvStep
 
+pytestmark = pytest.mark.usefixtures("poisoned_empty")  # conftest.py: torch.empty is NaN-filled
 BACKENDS = T.backends_here()
 SLOW_BACKENDS = {"triton", "cuda_emu"}  # interpreted / emulated: small images only
-
-
-@pytest.fixture(autouse=True)
-def poisoned_empty():
-    """torch.empty returns NaN-filled memory, so an element a kernel forgets to write fails."""
-    old = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(old[0])
-    torch.utils.deterministic.fill_uninitialized_memory = old[1]
 
 
 def in_channels(m: nn.Module) -> int:
@@ -148,22 +135,14 @@ def test_an_untraceable_forward_is_fused_part_by_part():
     assert "encoder" in text and "refine" in text
 
 
-@pytest.mark.parametrize("how", ["deepcopy", "pickle", "torch.save"])
+@pytest.mark.parametrize("how", T.COPY_WAYS)
 def test_fused_modules_copy_and_pickle_after_running(how):
     m = T.randomize_(T.FUSE_MODULES["edsr_like"]()).eval()
     fused = redkern.fuse(m)
     x = torch.randn(1, 3, 8, 8)
     with torch.no_grad():
         want = fused(x)
-    if how == "deepcopy":
-        other = copy.deepcopy(fused)
-    elif how == "pickle":
-        other = pickle.loads(pickle.dumps(fused))
-    else:
-        buf = io.BytesIO()
-        torch.save(fused, buf)
-        buf.seek(0)
-        other = torch.load(buf, weights_only=False)
+    other = T.copied(fused, how)
     assert type(other).__name__ == type(fused).__name__ and redkern.is_fused(other)
     assert all(a is not b for a, b in zip(other.parameters(), fused.parameters()))
     with torch.no_grad():

@@ -129,18 +129,8 @@ def test_every_fold_is_found_and_named():
     assert not [t for t in plan.torch_steps if t.reason not in ("input check",)]
 
 
-def randomize_batchnorms(module):
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-1, 1)
-            m.running_var.uniform_(0.5, 2)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.5, 0.5)
-    return module
-
-
 def test_folded_module_runs_as_the_module():
-    m = randomize_batchnorms(Folds()).eval()
+    m = T.randomize_(Folds()).eval()
     x = torch.randn(3, 2, 11, 14)
     with torch.no_grad():
         T.assert_close(torch_mode(m, x), m(x).double(), 1e-5)

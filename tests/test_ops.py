@@ -14,6 +14,7 @@ from redkern import testing as T
 from redkern.backends import _load as load_backend
 from redkern.backends.common import BackendUnavailable
 
+pytestmark = pytest.mark.usefixtures("poisoned_empty")  # conftest.py: torch.empty is NaN-filled
 BACKENDS = T.backends_here()
 SLOW = {"triton", "cuda_emu"}
 WRAPPERS = {
@@ -24,17 +25,6 @@ WRAPPERS = {
 }
 CHANNELS = [(1, 64), (64, 64), (64, 1), (3, 64), (64, 3), (128, 128), (5, 7)]
 SIZES = [(1, 37, 53), (2, 20, 31), (1, 3, 3), (1, 1, 1), (3, 1, 7)]
-
-
-@pytest.fixture(autouse=True)
-def poisoned_empty():
-    """torch.empty returns NaN-filled memory, so an element a kernel forgets to write fails."""
-    old = (torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(old[0])
-    torch.utils.deterministic.fill_uninitialized_memory = old[1]
 
 
 def general_args(case: T.LayerCase, backend: str = "auto") -> tuple:

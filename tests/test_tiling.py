@@ -1,7 +1,6 @@
 """Tiled inference equals whole-image inference; files too large for memory stay out of it."""
 
 import json
-import os
 import random
 import subprocess
 import sys
