@@ -23,7 +23,7 @@ from torch import nn
 from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, reference_conv2d
 
 __all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close",
-           "max_rel_error", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "FUSE_MODULES",
+           "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "FUSE_MODULES",
            "backends_here", "copied", "COPY_WAYS"]
 
 # Every activation in both places and every residual mode, with scales that are not 1.
@@ -126,22 +126,38 @@ def reference(case: LayerCase) -> torch.Tensor:
                             epilogue=c.epilogue, act_weight=c.act_weight, act2_weight=c.act2_weight)
 
 
-def max_rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
-    """max |got - want| / max |want| in float64; inf if ``got`` has a non-finite element."""
+def max_rel_error(got: torch.Tensor, want: torch.Tensor, scale: float | None = None) -> float:
+    """max |got - want| / ``scale`` (by default max |want|) in float64; inf if ``got`` has a
+    non-finite element."""
     got, want = got.detach().double().cpu(), want.detach().double().cpu()
     if not torch.isfinite(got).all():
         return float("inf")
-    return ((got - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+    scale = want.abs().max().item() if scale is None else scale
+    return ((got - want).abs().max() / max(scale, 1e-30)).item()
 
 
-def assert_close(got: torch.Tensor, want: torch.Tensor, rel: float) -> None:
+def assert_close(got: torch.Tensor, want: torch.Tensor, rel: float, scale: float | None = None) -> None:
     """Same shape, every element finite (an unwritten, NaN-poisoned element fails), and
-    max |got - want| <= rel * max |want|."""
+    max |got - want| <= rel * ``scale`` (by default max |want|; ``magnitude(case)`` where a few
+    outputs could cancel to nearly zero)."""
     assert tuple(got.shape) == tuple(want.shape), f"shape {tuple(got.shape)} != {tuple(want.shape)}"
     bad = (~torch.isfinite(got.detach().cpu())).sum().item()
     assert bad == 0, f"{bad} of {got.numel()} output elements are not finite (unwritten or overflowed)"
-    err = max_rel_error(got, want)
+    err = max_rel_error(got, want, scale)
     assert err <= rel, f"max relative error {err:.3e} > {rel:.1e}"
+
+
+def magnitude(case: "LayerCase") -> float:
+    """The largest sum of absolute terms behind any output of the layer: the scale rounding
+    errors are proportional to (a layer of a few outputs can cancel to nearly zero)."""
+    c = case.to(dtype=torch.float64, device="cpu")
+    e = c.epilogue
+    terms = reference_conv2d(c.x.abs(), c.weight.abs(), None, transposed=c.transposed, padding=c.padding,
+                             epilogue=Epilogue())
+    total = abs(e.alpha) * terms + c.bias.abs().view(1, -1, 1, 1)
+    if c.extra is not None:
+        total = total + abs(e.beta) * c.extra.abs()
+    return total.max().item()
 
 
 def poisoned_nhwc(shape, dtype: torch.dtype, device="cpu") -> torch.Tensor:

@@ -55,13 +55,13 @@ def algorithms(case, isa) -> list:
 def check_case(case, isas=ISAS, what="") -> int:
     """Every algorithm on every ISA in ``isas`` against the reference; returns the number
     of runs (so a test can assert it ran what it meant to)."""
-    want = T.reference(case)
+    want, scale = T.reference(case), T.magnitude(case)  # one output of a 1x1 image may cancel to ~0
     runs = 0
     for isa in isas:
         for algo in algorithms(case, isa):
             got = run(case, algo, isa)
             try:
-                T.assert_close(got, want, T.TOLERANCE[case.x.dtype])
+                T.assert_close(got, want, T.TOLERANCE[case.x.dtype], scale)
             except AssertionError as e:
                 raise AssertionError(f"{algo.name} on {isa}, {what} {_describe(case)}: {e}") from None
             runs += 1
