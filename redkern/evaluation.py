@@ -105,6 +105,8 @@ class EvalResult:
     columns: list[str]
     rows: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # with keep_images: images[name][column] = the 8-bit result (and "clean"), for figures
+    images: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def mean(self, column: str) -> tuple[float, float]:
         vals = [r[column] for r in self.rows.values()]
@@ -115,9 +117,10 @@ class EvalResult:
 
 
 def evaluate(model, images, task: str, level, *, ensemble: bool = False, baseline: bool = True,
-             seed: int = 0, name: str = "RED", progress: bool = False) -> EvalResult:
+             seed: int = 0, name: str = "RED", progress: bool = False, keep_images: bool = False) -> EvalResult:
     """Score ``model`` on ``images`` (``[(name, pixels [H, W, C])]``, as ``datasets.load_images``)
-    degraded by ``task`` at ``level``; see the module docstring for the protocol."""
+    degraded by ``task`` at ``level``; see the module docstring for the protocol.
+    ``keep_images``: also keep every 8-bit result in ``EvalResult.images`` (for figures)."""
     from .datasets import validation_pairs
 
     if task not in TASKS:
@@ -132,7 +135,8 @@ def evaluate(model, images, task: str, level, *, ensemble: bool = False, baselin
     timing = {c: 0.0 for c in columns}
     for img_name, degraded, clean in validation_pairs(images, task, level, seed):
         ref = to_uint8(clean)
-        row = {INPUT_NAME[task]: metrics(ref, to_uint8(degraded))}
+        kept = {INPUT_NAME[task]: to_uint8(degraded)}
+        row = {INPUT_NAME[task]: metrics(ref, kept[INPUT_NAME[task]])}
         candidates = []
         if task == "denoise" and baseline:
             candidates.append((BASELINE_NAME[task], lambda: bm3d_denoise(degraded, float(level))))
@@ -143,10 +147,13 @@ def evaluate(model, images, task: str, level, *, ensemble: bool = False, baselin
             t0 = time.perf_counter()
             out = make()
             timing[column] += time.perf_counter() - t0
-            row[column] = metrics(ref, to_uint8(out))
+            kept[column] = to_uint8(out)
+            row[column] = metrics(ref, kept[column])
             if column == name:
                 plain = out
         result.rows[img_name] = row
+        if keep_images:
+            result.images[img_name] = {**kept, "clean": ref}
         if progress:
             print(f"  {img_name}: " + ", ".join(f"{c} {p:.2f} dB" for c, (p, _) in row.items()), file=sys.stderr)
     result.seconds = {c: round(t, 2) for c, t in timing.items() if t}
@@ -192,6 +199,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default: cpu)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the degradations (default 0)")
     parser.add_argument("--progress", action="store_true", help="print each image's scores as it goes")
+    parser.add_argument("--figures", metavar="DIR", help="also write, per image and level, a side-by-side crop "
+                        "(degraded | classical peer | RED | clean) and a plot of PSNR against level (needs "
+                        "matplotlib: pip install 'redkern[figures]')")
     return parser
 
 
@@ -221,18 +231,56 @@ def main(args=None) -> int:
         print(f"redkern eval: warning: the weights were trained for {model.task}, not {args.task}", file=sys.stderr)
     if not args.model == "fused":
         model = model.to(memory_format=torch.channels_last)  # faster convolutions on the CPU
+    figures = _figure_folder(args.figures) if args.figures else None
     images = load_images(args.data, model.channels)
     name = f"RED{model.depth}"
+    results = []
     for level in levels:
         note = pretrained.level_note(model, level)
         if note:
             print(f"redkern eval: note: {note}", file=sys.stderr)
         result = evaluate(model, images, args.task, level, ensemble=args.ensemble, baseline=args.baseline,
-                          seed=args.seed, name=name, progress=args.progress)
+                          seed=args.seed, name=name, progress=args.progress, keep_images=figures is not None)
+        results.append(result)
         print(result.markdown())
         print(f"\n{len(images)} images from {args.data}; seconds: "
               + ", ".join(f"{k} {v:g}" for k, v in result.seconds.items()) + "\n")
+        if figures is not None:
+            _write_crops(result, figures)
+    if figures is not None:
+        from . import figures as fig
+        from .degradations import Degradation
+
+        path = fig.psnr_plot(results, figures / f"{args.task}_psnr.png",
+                             level_name=Degradation(args.task, [levels[0]]).level_name)
+        print(f"figures: {len(images) * len(levels)} crops and {path} in {figures}")
     return 0
+
+
+def _figure_folder(path) -> "Path":
+    """The folder for ``--figures``, made if missing; refused before any work if matplotlib is not here."""
+    from pathlib import Path
+
+    from . import figures
+    from .validation import UsageError
+
+    if not figures.plotting_available():
+        raise UsageError(f"--figures: {figures.MISSING_MATPLOTLIB}")
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--figures {folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _write_crops(result: EvalResult, folder) -> None:
+    from . import figures
+
+    level = LEVEL_LABEL[result.task].format(result.level).replace(" ", "")
+    for img, kept in result.images.items():
+        scores = {c: f"{result.rows[img][c][0]:.2f} dB" for c in result.columns}
+        figures.comparison({c: kept[c] for c in [*result.columns, "clean"]}, folder / f"{img}_{result.task}_{level}.png",
+                           scores=scores)
 
 
 if __name__ == "__main__":

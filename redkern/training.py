@@ -401,7 +401,24 @@ def train(cfg: TrainConfig) -> dict:
     result = state(step >= cfg.steps)
     save_atomic(result, out)
     _log(f"saved {out} (step {step}, {result['elapsed_s']:.0f} s)")
+    _draw_curves(history, out)
     return result
+
+
+def curves_path(out: Path) -> Path:
+    """Where ``train`` draws a run's loss and validation PSNR: beside its checkpoint."""
+    return out.with_name(out.stem + ".curves.png")
+
+
+def _draw_curves(history: list[dict], out: Path) -> None:
+    from . import figures
+
+    if not any("val_psnr" in h for h in history):
+        return
+    if not figures.plotting_available():
+        _log(f"no training curves drawn: {figures.MISSING_MATPLOTLIB}")
+        return
+    _log(f"drew {figures.training_curves(history, curves_path(out))}")
 
 
 def _device_name(device: torch.device) -> str:

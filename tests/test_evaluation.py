@@ -85,3 +85,42 @@ def test_eval_command_prints_a_table_for_a_checkpoint(images, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "sr, x2: PSNR (dB) / SSIM | bicubic | RED2 |" in out and "sr, x4" in out
     assert "Mean PSNR gain: RED2 - bicubic" in out
+
+
+def test_eval_figures_are_crops_of_what_was_scored_and_a_psnr_plot(images, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from redkern.training import TrainConfig, train, curves_path
+
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    (tmp_path / "data" / "val").mkdir(parents=True)
+    sample = imageio.read_image(imageio.sample_path())[..., 0]
+    Image.fromarray(sample[:64, :64]).save(tmp_path / "data" / "train" / "t.png")
+    Image.fromarray(sample[64:112, 64:112]).save(tmp_path / "data" / "val" / "v.png")
+    ckpt = tmp_path / "c.pt"
+    train(TrainConfig(task="jpeg", levels="10", data=str(tmp_path / "data"), out=str(ckpt), depth=2, features=4,
+                      patch=16, batch=2, steps=4, val_every=2, device="cpu", model="reference", progress=False))
+    curves = curves_path(ckpt)
+    assert curves.exists() and imageio.read_image(curves).shape[2] == 3  # drawn beside the checkpoint
+    figures = tmp_path / "figures"
+    assert main(["--task", "jpeg", "--level", "10,30", "--data", str(images), "--weights", str(ckpt),
+                 "--figures", str(figures)]) == 0
+    names = sorted(p.name for p in figures.iterdir())
+    assert names == ["a_jpeg_quality10.png", "a_jpeg_quality30.png", "b_jpeg_quality10.png",
+                     "b_jpeg_quality30.png", "jpeg_psnr.png"]
+    crop = imageio.read_image(figures / "a_jpeg_quality10.png")
+    # three panels (JPEG: the input and its classical peer at once | RED2 | clean) of the 48-pixel image
+    assert crop.shape[1] == 3 * 48 + 2 * 6 and crop.shape[0] == 48 + 18
+    clean = imageio.read_image(images / "a.png")[..., 0]
+    from redkern.figures import busiest_crop
+    rows, cols = busiest_crop(clean, 128)
+    assert np.array_equal(crop[18:, -48:, 0], clean[rows, cols])  # the last panel is the clean image itself
+
+
+def test_eval_figures_need_matplotlib(images, tmp_path, monkeypatch):
+    from redkern import figures
+    from redkern.validation import UsageError
+
+    monkeypatch.setattr(figures, "plotting_available", lambda: False)
+    with pytest.raises(UsageError, match=r"--figures: matplotlib is not installed \(pip install 'redkern\[figures\]'\)"):
+        main(["--task", "jpeg", "--level", "10", "--data", str(images), "--figures", str(tmp_path / "f")])
+    assert not (tmp_path / "f").exists()
