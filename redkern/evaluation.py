@@ -22,6 +22,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -257,10 +258,8 @@ def main(args=None) -> int:
     return 0
 
 
-def _figure_folder(path) -> "Path":
+def _figure_folder(path) -> Path:
     """The folder for ``--figures``, made if missing; refused before any work if matplotlib is not here."""
-    from pathlib import Path
-
     from . import figures
     from .validation import UsageError
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends as _backends
-from .backends.common import BackendUnavailable, WeightCache, conv_weight, is_channels_last, to_nhwc
+from .backends.common import BackendUnavailable, conv_weight, is_channels_last, to_nhwc
 from .epilogue import apply_epilogue, kernel_slopes, output_size
 from .layer_plan import ConvStep, Plan, TorchStep, substitute
 from .validation import WorkingSetTooLarge
@@ -141,33 +141,38 @@ def _check_dtype(usable, dtype):
 
 # --- effective weights of a step -----------------------------------------------------------------
 
-_derived = WeightCache()
-
-
 def _step_weights(step: ConvStep, dtype: torch.dtype, cached: bool) -> tuple[Tensor, Tensor]:
-    """``(weight, bias)`` with BatchNorm and the bias scale folded in, in ``dtype``; a zero bias
-    where the layer has none. ``cached``: reuse the folded tensors while no source changed (for
-    inference; the sources' versions key the cache, so an optimizer step or load is seen)."""
+    """``(weight, bias)`` with BatchNorm and the bias scale folded in; a zero bias where the
+    layer has none. ``cached``: reuse the folded tensors while no source changed (inference:
+    the sources' version counters are compared, so an optimizer step or a load is seen)."""
     w, b = step.conv.weight, step.conv.bias
-    derived = step.bn is not None or step.bias_scale != 1 or b is None or w.dtype != dtype
-    if not derived:
+    if w.dtype != dtype:
+        raise TypeError(f"{step.name}: the weight is {w.dtype}, the input {dtype}; convert the whole model "
+                        "with .to(dtype)")
+    if step.bn is None and step.bias_scale == 1 and b is not None:
         return w, b
     if not cached:
-        return _fold(step, dtype)
+        return _fold(step)
     sources = [t for t in (w, b, *(_bn_tensors(step.bn) if step.bn is not None else ())) if t is not None]
-    return _derived.get(sources[0], ("step", id(step), dtype, tuple((id(t), t._version) for t in sources[1:])),
-                        lambda: tuple(t.detach() for t in _fold(step, dtype)))
+    try:
+        versions = tuple((id(t), t._version) for t in sources)
+    except RuntimeError:  # inference tensors keep no version counter: fold every call
+        return _fold(step)
+    hit = step.__dict__.get("_folded")
+    if hit is None or hit[0] != versions:
+        hit = step.__dict__["_folded"] = (versions, tuple(t.detach() for t in _fold(step)))
+    return hit[1]
 
 
 def _bn_tensors(bn):
     return [t for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var) if t is not None]
 
 
-def _fold(step: ConvStep, dtype):
+def _fold(step: ConvStep):
     w, b = step.weights()
     if b is None:
         b = torch.zeros(step.out_channels, dtype=w.dtype, device=w.device)
-    return w.to(dtype), b.to(dtype)
+    return w, b
 
 
 # --- running a plan ------------------------------------------------------------------------------
