@@ -252,9 +252,13 @@ def _conv_torch(step: ConvStep, env):
                           step.act_weight, step.act2_weight)
 
 
-def _fused_inputs(plan: Plan, names) -> set[int]:
-    """Values read by fused steps that run our kernels."""
-    return {v for s, name in zip(plan.steps, names) if name not in ("", "pytorch") for v in s.reads}
+def _inputs_to_nhwc(plan: Plan, env, runs_kernel) -> None:
+    """The module's inputs that our kernels read, made NHWC once rather than by every layer
+    that reads them (``runs_kernel(i)``: step ``i`` runs one of our kernels)."""
+    read = {v for i, s in enumerate(plan.steps) if runs_kernel(i) for v in s.reads}
+    for v in read & set(plan.inputs):
+        if isinstance(env[v], Tensor) and env[v].dim() == 4:
+            env[v] = to_nhwc(env[v])
 
 
 def _to_input_format(y, like: Tensor | None):
@@ -273,9 +277,7 @@ def _run_ops(plan: Plan, root, env, resolve, first):
             continue
         if names is None:
             names = resolve()
-            for v in _fused_inputs(plan, names) & set(plan.inputs):  # NHWC once, not per layer
-                if isinstance(env[v], Tensor) and env[v].dim() == 4:
-                    env[v] = to_nhwc(env[v])
+            _inputs_to_nhwc(plan, env, lambda i: names[i] not in ("", "pytorch"))
         name = names[i]
         if name == "pytorch" or step.folds_batchnorm_in_training:
             env[step.dst] = _conv_unfused(step, env)
@@ -334,6 +336,7 @@ def _run_kernels(plan: Plan, root, env, resolve, first, pool, layers):
     for i, step in enumerate(plan.steps):
         if isinstance(step, ConvStep) and chosen is None:
             chosen = _first_fused_step(plan, first, signature, resolve, layers)
+            _inputs_to_nhwc(plan, env, lambda i: i in chosen and chosen[i][1] is not None)
         if isinstance(step, TorchStep):
             env[step.dst] = _run_torch_step(step, env, root)
             maps.adopt(step.dst, env[step.dst])
