@@ -62,8 +62,9 @@ class FusedForward:
         """``"raise"`` (the default): inputs holding NaN or inf are refused with
         ``NonFiniteInput`` (one cheap pass over each input per call), because the fused kernels
         would spread them further than PyTorch does. ``"propagate"``: let them through; every
-        output PyTorch would make NaN is NaN here too, and some more (a Winograd layer reaches
-        up to 4 more pixels). Not checked while compiling or tracing."""
+        output PyTorch would make NaN is NaN here too, and some more: a Winograd layer computes
+        4x4 outputs from one 6x6 input window, so a NaN reaches up to 3 more pixels on a side
+        per such layer. Not checked while compiling or tracing."""
         return self.__dict__.get(_NONFINITE, "raise")
 
     @nonfinite.setter
