@@ -100,3 +100,22 @@ def test_srcnn_padding_option():
     assert redkern.create_model("srcnn", padding="same").conv3.padding == (2, 2)
     with pytest.raises(ValueError, match="valid"):
         redkern.create_model("srcnn", padding="full")
+
+
+def test_srresnet_prelu_before_the_shuffle_is_the_papers_order():
+    up = T.randomize_(redkern.networks.srresnet.UpsampleBlock(4)).eval()
+    x = torch.randn(2, 4, 5, 3)
+    with torch.no_grad():
+        T.assert_close(up(x), up.prelu(up.shuffle(up.conv(x))).double(), 1e-6)
+
+
+def test_edsr_follows_the_authors_layer_names_and_frozen_mean_shift():
+    m = redkern.create_model("edsr_baseline", n_blocks=2, scale=4)
+    keys = list(m.state_dict())
+    assert keys[:4] == ["sub_mean.weight", "sub_mean.bias", "head.0.weight", "head.0.bias"]
+    assert {"body.0.body.0.weight", "body.1.body.2.bias", "body.2.weight", "tail.0.0.weight",
+            "tail.0.2.weight", "tail.1.weight", "add_mean.bias"} <= set(keys)
+    assert not any(p.requires_grad for p in m.sub_mean.parameters())
+    x = torch.rand(1, 3, 4, 4)
+    with torch.no_grad():  # the two mean shifts cancel: subtract then add the same mean
+        T.assert_close(m.add_mean(m.sub_mean(x)), x.double(), 1e-6)
