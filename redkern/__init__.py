@@ -4,6 +4,7 @@
     model = redkern.RED30(fused=True)        # same state_dict as redkern.RED30()
     fast = redkern.fuse(my_model)            # the same kernels for any network of convolutions
     print(redkern.explain(fast))             # per layer: backend, algorithm, what was fused
+    redkern.create_model("edsr_baseline", fused=True)   # the zoo: redkern.list_models()
     redkern.backends()                       # what was built here, and why not the rest
 """
 
@@ -22,6 +23,8 @@ from .report import explain
 from .tiling import InexactTilingWarning, restore_file, run_tiled, tiled
 from .validation import NonFiniteInput, WorkingSetTooLarge
 from .zoo import RED10, RED20, RED30
+from . import networks  # the reference zoo: VDSR, DnCNN, SRCNN, ESPCN, FSRCNN, EDSR, SRResNet
+from .networks import create_model, list_models
 from . import pretrained  # redkern.pretrained("denoise"): the shipped weights (loaded on call)
 from . import testing  # the shared test cases and reference (tests, benchmarks, users' own checks)
 
@@ -37,4 +40,4 @@ def backends() -> dict[str, dict]:
 __all__ = ["REDNet", "FusedREDNet", "RED10", "RED20", "RED30", "skip_pairs", "backends",
            "BackendUnavailable", "ops", "__version__", "tiled", "restore_file", "run_tiled",
            "InexactTilingWarning", "pretrained", "fuse", "is_fused", "plan", "Plan", "PlanError",
-           "explain", "Epilogue", "Act", "Residual", "NonFiniteInput", "WorkingSetTooLarge", "testing"]
+           "explain", "networks", "create_model", "list_models", "Epilogue", "Act", "Residual", "NonFiniteInput", "WorkingSetTooLarge", "testing"]

@@ -1,0 +1,22 @@
+"""Reference modules of classic restoration networks, one file per family, each following its
+paper, and the registry that builds them (timm's convention):
+
+    redkern.list_models("edsr*")             # ['edsr', 'edsr_baseline']
+    m = redkern.create_model("vdsr")         # the paper's main configuration
+    fast = redkern.create_model("edsr_baseline", scale=4, fused=True)   # redkern.fuse(model)
+"""
+
+from __future__ import annotations
+
+from ._registry import create_model, list_models, register_model
+from .dncnn import DnCNN
+from .edsr import EDSR
+from .espcn import ESPCN
+from .fsrcnn import FSRCNN
+from .srcnn import SRCNN
+from .srresnet import SRResNet
+from .vdsr import VDSR
+from . import red  # noqa: F401  (registers red10/20/30)
+
+__all__ = ["create_model", "list_models", "register_model", "DnCNN", "EDSR", "ESPCN", "FSRCNN",
+           "SRCNN", "SRResNet", "VDSR"]

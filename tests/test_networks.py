@@ -1,0 +1,121 @@
+"""The network zoo: every registered model's parameter count, its default build running, and
+``redkern.fuse`` of a small configuration equal to the module (CPU fp32, batch 2, odd sizes)."""
+
+import pytest
+import torch
+from torch import nn
+
+import redkern
+from redkern import testing as T
+
+pytestmark = pytest.mark.usefixtures("poisoned_empty")
+
+# name -> parameters of create_model(name) (all of them, frozen mean shifts included), and the
+# trainable ones where the paper's/docstring's number counts those
+PARAMS = {
+    "vdsr": 665_921, "dncnn_s": 556_096, "dncnn_b": 667_072, "srcnn": 8_129, "srcnn_955": 57_281,
+    "espcn": 22_729, "fsrcnn": 12_809, "edsr_baseline": 1_369_883, "edsr": 40_729_627,
+    "srresnet": 1_549_462, "red10": 296_641, "red20": 665_921, "red30": 1_035_201,
+}
+TRAINABLE = {"edsr_baseline": 1_369_859, "edsr": 40_729_603}
+
+# name -> (small options, input channels, output size from (h, w), what stays in PyTorch)
+SMALL = {
+    "vdsr": (dict(depth=5, features=16), 1, lambda h, w: (h, w), []),
+    "dncnn_s": (dict(depth=5, features=16), 1, lambda h, w: (h, w), []),
+    "dncnn_b": (dict(depth=6, features=16), 1, lambda h, w: (h, w), []),
+    "srcnn": (dict(n1=16, n2=8), 1, lambda h, w: (h - 12, w - 12), []),
+    "srcnn_955": (dict(n1=16, n2=8, padding="same"), 1, lambda h, w: (h, w), []),
+    "espcn": (dict(n1=16, n2=8), 1, lambda h, w: (3 * h, 3 * w), ["pixel rearrangement"]),
+    "fsrcnn": (dict(d=16, s=6, m=2), 1, lambda h, w: (3 * h, 3 * w), ["PyTorch: stride (3, 3)"]),
+    "edsr_baseline": (dict(n_blocks=2, features=16), 3, lambda h, w: (2 * h, 2 * w), ["pixel rearrangement"]),
+    "edsr": (dict(n_blocks=2, features=16, scale=3), 3, lambda h, w: (3 * h, 3 * w), ["pixel rearrangement"]),
+    "srresnet": (dict(n_blocks=2, features=16), 3, lambda h, w: (4 * h, 4 * w), ["pixel rearrangement"]),
+    "red10": (dict(features=16), 1, lambda h, w: (h, w), []),
+    "red20": (dict(features=16), 1, lambda h, w: (h, w), []),
+    "red30": (dict(features=8), 1, lambda h, w: (h, w), []),
+}
+
+
+def test_every_registered_model_is_tested():
+    assert set(redkern.list_models()) == set(PARAMS) == set(SMALL)
+    assert redkern.list_models("edsr*") == ["edsr", "edsr_baseline"]
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_default_configuration_parameter_count(name):
+    m = redkern.create_model(name)
+    assert sum(p.numel() for p in m.parameters()) == PARAMS[name]
+    trainable = sum(p.numel() for p in m.parameters() if p.requires_grad)
+    assert trainable == TRAINABLE.get(name, PARAMS[name])
+    doc = (redkern.networks._registry._MODELS[name].__doc__ or "")
+    assert f"{TRAINABLE.get(name, PARAMS[name]):,}" in doc  # the docstring states the same number
+
+
+@pytest.mark.parametrize("name", sorted(set(PARAMS) - {"edsr", "red30"}))
+def test_default_configuration_runs(name):
+    _, channels, size, _ = SMALL[name]
+    m = redkern.create_model(name).eval()
+    h, w = (21, 19) if name.startswith("srcnn") else (6, 5)
+    with torch.no_grad():
+        y = m(torch.rand(1, channels, h, w))
+    shrink = {"srcnn": 12, "srcnn_955": 16}.get(name)  # the paper's unpadded convolutions
+    assert tuple(y.shape) == (1, channels, *((h - shrink, w - shrink) if shrink else size(h, w)))
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_fused_equals_the_module(name):
+    options, channels, size, in_pytorch = SMALL[name]
+    m = T.randomize_(redkern.create_model(name, **options)).eval()
+    fused = redkern.fuse(m)
+    h, w = (23, 19) if name.startswith("srcnn") else (11, 9)
+    x = torch.randn(2, channels, h, w)
+    with torch.no_grad():
+        want = m(x).double()
+        got = fused(x)
+    assert tuple(got.shape) == (2, channels, *size(h, w))
+    bn = any(isinstance(b, nn.BatchNorm2d) for b in m.modules())
+    T.assert_close(got, want, 1e-4 if bn else 1e-5)
+    assert list(fused.state_dict()) == list(m.state_dict())
+    text = redkern.explain(fused)
+    for what in in_pytorch:
+        assert what in text
+    # every stride-1 convolution is fused (only FSRCNN's strided deconvolution is not)
+    convs = [c for c in m.modules() if isinstance(c, nn.modules.conv._ConvNd)]
+    assert len(fused.plan.conv_steps) == len(convs) - (name == "fsrcnn")
+
+
+def test_create_model_fused_and_options():
+    fused = redkern.create_model("vdsr", fused=True, depth=4, features=8)
+    assert redkern.is_fused(fused) and len(fused.plan.conv_steps) == 4
+    with pytest.raises(ValueError, match="fused model only"):
+        redkern.create_model("vdsr", backend="cpu")
+    with pytest.raises(ValueError, match=r"unknown model 'vdrs' \(did you mean vdsr\?\).*dncnn_b"):
+        redkern.create_model("vdrs")
+    assert isinstance(redkern.RED30(), redkern.REDNet)  # the old constructors still work
+
+
+def test_srcnn_padding_option():
+    assert redkern.create_model("srcnn").conv1.padding == (0, 0)
+    assert redkern.create_model("srcnn", padding="same").conv3.padding == (2, 2)
+    with pytest.raises(ValueError, match="valid"):
+        redkern.create_model("srcnn", padding="full")
+
+
+def test_srresnet_prelu_before_the_shuffle_is_the_papers_order():
+    up = T.randomize_(redkern.networks.srresnet.UpsampleBlock(4)).eval()
+    x = torch.randn(2, 4, 5, 3)
+    with torch.no_grad():
+        T.assert_close(up(x), up.prelu(up.shuffle(up.conv(x))).double(), 1e-6)
+
+
+def test_edsr_follows_the_authors_layer_names_and_frozen_mean_shift():
+    m = redkern.create_model("edsr_baseline", n_blocks=2, scale=4)
+    keys = list(m.state_dict())
+    assert keys[:4] == ["sub_mean.weight", "sub_mean.bias", "head.0.weight", "head.0.bias"]
+    assert {"body.0.body.0.weight", "body.1.body.2.bias", "body.2.weight", "tail.0.0.weight",
+            "tail.0.2.weight", "tail.1.weight", "add_mean.bias"} <= set(keys)
+    assert not any(p.requires_grad for p in m.sub_mean.parameters())
+    x = torch.rand(1, 3, 4, 4)
+    with torch.no_grad():  # the two mean shifts cancel: subtract then add the same mean
+        T.assert_close(m.add_mean(m.sub_mean(x)), x.double(), 1e-6)
