@@ -665,7 +665,7 @@ def plan(module: nn.Module, example_inputs=None) -> Plan:
     """
     module = reference_view(module)
     try:
-        graph = torch.fx.Tracer().trace(module)
+        graph = _Tracer().trace(module)
     except Exception as e:
         raise PlanError(f"{type(module).__name__}.forward does not trace with torch.fx "
                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e})") from e
@@ -678,6 +678,17 @@ def plan(module: nn.Module, example_inputs=None) -> Plan:
     examples = _example_inputs(module, graph, example_inputs)
     node_shapes, note = _propagate(gm, examples)
     return _plan_from_graph(type(module).__name__, graph, modules, node_shapes, examples, note)
+
+
+class _Tracer(torch.fx.Tracer):
+    """torch.fx's tracer, with convolutions of subclasses that keep the stock ``forward`` (a
+    fixed mean-shift conv, say) as leaves too, so the planner sees them as the layers they are."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and \
+                type(m).forward in (nn.Conv2d.forward, nn.ConvTranspose2d.forward):
+            return True
+        return super().is_leaf_module(m, qualname)
 
 
 def _example_inputs(module, graph, example_inputs) -> tuple | None:

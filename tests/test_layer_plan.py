@@ -264,3 +264,17 @@ def test_receptive_field_of_a_deconvolution_stack():
     for p in model.parameters():
         nn.init.uniform_(p, 0.1, 1.0)
     assert redkern.plan(model).receptive_field_radius() == impulse_radius(model, channels=1) == 2 + 4 + 1
+
+
+def test_a_conv_subclass_with_the_stock_forward_is_planned_as_a_conv():
+    class MeanShift(nn.Conv2d):  # as EDSR's code defines it: fixed weights, nn.Conv2d's forward
+        def __init__(self):
+            super().__init__(3, 3, 1)
+            self.requires_grad_(False)
+
+    model = nn.Sequential(MeanShift(), nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+    plan = redkern.plan(model)
+    assert [s.name for s in plan.conv_steps] == ["0", "1"] and plan.conv_steps[1].epilogue.act == Act.RELU
+    x = torch.randn(2, 3, 9, 7)
+    with torch.no_grad():
+        T.assert_close(torch_mode(model, x), model(x).double(), 1e-5)
