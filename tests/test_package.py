@@ -62,3 +62,16 @@ def test_nvcc_presence_and_build_agree():
 
     if shutil.which("nvcc") and os.environ.get("REDKERN_CUDA", "auto") not in ("0", "OFF", "off"):
         assert _C.cuda_status.startswith("built"), _C.cuda_status
+
+
+def test_every_subpackage_is_listed_for_installation():
+    """A wheel holds only the packages pyproject.toml lists: a new subpackage left out imports
+    here (in the source tree) and fails in every installed copy."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"redkern"} | {f"redkern.{p.parent.name}" for p in (root / "redkern").glob("*/__init__.py")}
+    found |= {"redkern.kernels"} if (root / "kernels" / "__init__.py").exists() else set()
+    assert found <= listed, f"not in pyproject.toml's packages: {sorted(found - listed)}"
