@@ -75,7 +75,7 @@ def test_fuzz_ops_against_reference(backend):
         want = T.reference(c)
         assert got.shape == want.shape
         assert torch.isfinite(got).all(), case
-        err = T.max_rel_error(got, want)
+        err = T.max_rel_error(got, want, T.magnitude(c))  # few outputs can cancel to nearly zero
         assert err <= 1e-5, (case, err)
 
     check()
