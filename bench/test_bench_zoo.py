@@ -1,0 +1,70 @@
+"""Every network of the zoo (``redkern.list_models()``, RED aside: see test_bench_models.py) in
+its paper's main configuration, one 256x256 input (1 channel, or 3 where the paper uses RGB):
+the reference eager (NCHW and channels_last), ``torch.compile`` of it, and ``redkern.fuse``.
+
+    pytest bench/test_bench_zoo.py --benchmark-only               # the networks of < 0.5 TFLOP
+    pytest bench/test_bench_zoo.py --benchmark-only --runslow     # and EDSR, DRCN, ... too
+
+The group's baseline is redkern fused, so each peer's ratio is how many times slower it is.
+With ``--benchmark-disable`` (the test suite) each network runs once at 48x48 to check every
+provider's result, and ``torch.compile`` (tens of seconds per network) is left out.
+"""
+
+import copy
+import functools
+
+import pytest
+import torch
+
+import redkern
+from redkern import benchmarking as B
+
+NETWORKS = [n for n in redkern.list_models() if not n.startswith("red")]
+PROVIDERS = ["torch eager NCHW", "torch eager channels_last", "torch.compile (freezing, channels_last)",
+             "redkern fused"]
+SLOW_FLOPS = 0.5e12  # a forward above this takes seconds on 2 cores: only with --runslow
+
+
+@functools.cache
+def reference(name):
+    torch.manual_seed(0)
+    return B.kaiming_init_(redkern.create_model(name)).eval()
+
+
+@functools.cache
+def flops(name, size):
+    return B.model_flops(reference(name), 1, size, size)
+
+
+@functools.cache
+def runner(name, provider, size):
+    model = reference(name)
+    if provider == "redkern fused":
+        return B.Peer(provider, redkern.fuse(copy.deepcopy(model)))
+    x = torch.rand(1, B._in_channels(model), size, size)
+    peers = B.torch_peers(model, x, compile_=provider.startswith("torch.compile"))
+    found = [p for p in peers if p.name == provider]
+    return found[0] if found else B.Peer(provider, None, "not available")
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("name", NETWORKS)
+def test_network(benchmark, record, request, name, provider):
+    timing = not request.config.getoption("benchmark_disable")
+    size = 256 if timing else 48
+    if not timing and provider.startswith("torch.compile"):
+        pytest.skip("torch.compile is timed only when benchmarking (it compiles for tens of seconds)")
+    if timing and flops(name, size) > SLOW_FLOPS and not request.config.getoption("--runslow"):
+        pytest.skip(f"{name}: {flops(name, size) / 1e12:.1f} TFLOP per forward at {size}^2 (--runslow)")
+    channels = B._in_channels(reference(name))
+    benchmark.group = f"zoo {name} 1x{channels}x{size}x{size}"
+    peer = runner(name, provider, size)
+    if peer.run is None:
+        pytest.skip(f"{provider}: {peer.note}")
+    x = torch.rand(1, channels, size, size)
+    with torch.inference_mode():
+        error = B.max_rel_error(peer.run(x), B.fp64_reference(reference(name), x))
+        benchmark.pedantic(peer.run, args=(x,), rounds=3, warmup_rounds=1)
+    assert error <= 1e-4, f"{name}, {provider}: result is wrong, max rel error {error}"
+    record(flops=flops(name, size), pixels=size * size, error=error, dtype="float32", provider=provider,
+           backend="cpu" if provider.startswith("redkern") else provider)
