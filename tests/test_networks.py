@@ -119,3 +119,26 @@ def test_edsr_follows_the_authors_layer_names_and_frozen_mean_shift():
     x = torch.rand(1, 3, 4, 4)
     with torch.no_grad():  # the two mean shifts cancel: subtract then add the same mean
         T.assert_close(m.add_mean(m.sub_mean(x)), x.double(), 1e-6)
+
+
+@pytest.mark.parametrize("backend", T.backends_here())
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_fused_on_each_backend_equals_the_module(name, backend):
+    """Every layer on one named backend, or ``BackendUnavailable`` naming a layer it cannot run."""
+    options, channels, size, _ = SMALL[name]
+    m = T.randomize_(redkern.create_model(name, **options)).eval()
+    h, w = (23, 19) if name.startswith("srcnn") else (7, 5)
+    x = torch.randn(2, channels, h, w)
+    try:
+        fused = redkern.fuse(m, backend=backend)
+        with torch.no_grad():
+            got = fused(x)
+    except redkern.BackendUnavailable as e:
+        assert backend in str(e) and "not a" in str(e)  # names the layer and what the backend runs
+        kernels = {c.kernel_size for c in m.modules() if isinstance(c, nn.Conv2d)}
+        assert kernels - {(1, 1), (3, 3)}, f"{backend} refused a network of 1x1 and 3x3 convs only: {e}"
+        return
+    with torch.no_grad():
+        want = m(x).double()
+    bn = any(isinstance(b, nn.BatchNorm2d) for b in m.modules())
+    T.assert_close(got, want, 1e-4 if bn else 1e-5)
