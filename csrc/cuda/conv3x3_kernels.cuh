@@ -15,6 +15,7 @@
 #include <string>
 #include <type_traits>
 
+#include "cuda/conv_blocks.cuh"
 #include "cuda/conv_common.cuh"
 
 namespace redkern::cuda {
@@ -72,161 +73,42 @@ __device__ __forceinline__ void load_input_tile(const ConvParams& p, const T* x,
   }
 }
 
-// --- fp16 / bf16 on tensor cores ---------------------------------------------------------
-// 4 warps; warp w owns output rows 2w and 2w+1 (16 pixels each) and all BN/16 channel
-// fragments: 2 x BN/16 accumulators of 16x16 fp32.
-template <typename T, int BN, int CK>
-struct WmmaTiles {
-  static constexpr int CKP = CK + 16;  // keeps every pixel's channels 32-byte aligned for wmma
-  static constexpr int BNP = BN + 8;   // weight row stride (16-byte multiple)
-  static constexpr int LDS = BN + 4;   // fp32 staging row stride for the epilogue
-  static constexpr std::size_t kInputBytes = std::size_t(kHaloPixels) * CKP * sizeof(T);
-  static constexpr std::size_t kWeightBytes = std::size_t(9) * CK * BNP * sizeof(T);
-  static constexpr std::size_t kStageBytes = std::size_t(kTileH) * kTileW * LDS * sizeof(float);
-  static constexpr std::size_t kSmemBytes =
-      kInputBytes + kWeightBytes > kStageBytes ? kInputBytes + kWeightBytes : kStageBytes;
-  static_assert(kInputBytes % 32 == 0, "the weight tile must start 32-byte aligned");
+// The block geometry of conv_blocks.cuh: block x is tile (tile_y, tile_x) of image z; output
+// pixel m is row m / kTileW, column m % kTileW of the tile; the staged window has the halo.
+struct Geometry3x3 {
+  static constexpr int kTaps = 9;
+  static constexpr int kPixels = kTileH * kTileW;
+  static constexpr int kWindowPixels = kHaloPixels;
+  static_assert(kTileW == 16, "a wmma M fragment of 16 pixels is one tile row");
+
+  const ConvParams& p;
+  int img, y0, x0;
+
+  __device__ __forceinline__ explicit Geometry3x3(const ConvParams& params)
+      : p(params), img(blockIdx.z), y0(int(blockIdx.x) / params.tiles_x * kTileH),
+        x0(int(blockIdx.x) % params.tiles_x * kTileW) {}
+
+  __device__ __forceinline__ static int window_pixel(int m, int tap) {
+    return (m / kTileW + tap / 3) * kHaloW + m % kTileW + tap % 3;
+  }
+  template <typename T, int CK, int CKP>
+  __device__ __forceinline__ void load(const ConvParams& params, int c0, T* tile) const {
+    const T* x = static_cast<const T*>(params.x) + std::size_t(img) * params.h * params.width * params.cin;
+    load_input_tile<T, CK, CKP>(params, x, y0, x0, c0, tile);
+  }
+  __device__ __forceinline__ TilePixel pixel_of() const { return TilePixel{p, img, y0, x0}; }
 };
 
+// fp16 / bf16 on tensor cores: warp w owns output rows 2w and 2w+1 of the tile.
 template <typename T, int BN, int CK>
 __global__ void __launch_bounds__(kThreads) conv3x3_wmma(const ConvParams p) {
-  namespace wmma = nvcuda::wmma;
-  using Tiles = WmmaTiles<T, BN, CK>;
-  constexpr int CKP = Tiles::CKP, BNP = Tiles::BNP, LDS = Tiles::LDS;
-  constexpr int NF = BN / 16;
-  constexpr int kRowsPerWarp = kTileH / (kThreads / 32);
-  static_assert(kTileW == 16 && kRowsPerWarp == 2 && BN % 16 == 0 && CK % 16 == 0,
-                "one 16-pixel tile row per wmma M fragment, two rows per warp");
-
-  unsigned char* smem = dynamic_shared_memory();
-  T* in_tile = reinterpret_cast<T*>(smem);
-  T* w_tile = reinterpret_cast<T*>(smem + Tiles::kInputBytes);
-  float* stage = reinterpret_cast<float*>(smem);  // reuses the tiles after the K loop
-
-  const int tile_y = blockIdx.x / p.tiles_x, tile_x = blockIdx.x % p.tiles_x;
-  const int y0 = tile_y * kTileH, x0 = tile_x * kTileW, n0 = blockIdx.y * BN;
-  const int img = blockIdx.z;
-  const int row0 = (threadIdx.x / 32) * kRowsPerWarp;
-  const T* x = static_cast<const T*>(p.x) + std::size_t(img) * p.h * p.width * p.cin;
-
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kRowsPerWarp][NF];
-#pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i)
-#pragma unroll
-    for (int j = 0; j < NF; ++j) wmma::fill_fragment(acc[i][j], 0.f);
-
-  for (int c0 = 0; c0 < p.cin_pad; c0 += CK) {
-    load_input_tile<T, CK, CKP>(p, x, y0, x0, c0, in_tile);
-    load_weight_tile<T, 9, BN, CK, BNP>(p, c0, n0, w_tile);
-    if (!REDKERN_PLANTED(kSkipLoadBarrier)) __syncthreads();  // tiles complete before any read
-    for (int tap = 0; tap < 9; ++tap) {
-      const int ky = tap / 3, kx = tap % 3;
-#pragma unroll
-      for (int k = 0; k < CK; k += 16) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> b[NF];
-#pragma unroll
-        for (int j = 0; j < NF; ++j)
-          wmma::load_matrix_sync(b[j], w_tile + (tap * CK + k) * BNP + j * 16, BNP);
-#pragma unroll
-        for (int i = 0; i < kRowsPerWarp; ++i) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> a;
-          wmma::load_matrix_sync(a, in_tile + ((row0 + i + ky) * kHaloW + kx) * CKP + k, CKP);
-#pragma unroll
-          for (int j = 0; j < NF; ++j) wmma::mma_sync(acc[i][j], a, b[j], acc[i][j]);
-        }
-      }
-    }
-    if (!REDKERN_PLANTED(kSkipReuseBarrier)) __syncthreads();  // all reads done before reuse
-  }
-
-  // Epilogue: accumulators -> shared staging -> the fused epilogue -> global (coalesced
-  // over channels; fragments' element layout is unspecified, so they go through memory).
-#pragma unroll
-  for (int i = 0; i < kRowsPerWarp; ++i)
-#pragma unroll
-    for (int j = 0; j < NF; ++j)
-      wmma::store_matrix_sync(stage + (row0 + i) * kTileW * LDS + j * 16, acc[i][j], LDS,
-                              wmma::mem_row_major);
-  __syncthreads();
-  store_staged<T, BN, kTileH * kTileW, LDS>(p, stage, n0, TilePixel{p, img, y0, x0});
+  wmma_block<Geometry3x3, T, BN, CK>(p, Geometry3x3(p), blockIdx.y * BN);
 }
 
-// --- fp32 on CUDA cores -------------------------------------------------------------------
-// Each thread accumulates TM pixels x TN channels in registers: the block's 128 pixels are
-// shared among PG pixel groups (pixel m = group + i*PG), its BN channels among NG groups.
-template <int BN, int CK>
-struct F32Tiles {
-  static constexpr int TN = BN < 8 ? BN : 8;
-  static constexpr int NG = BN / TN;
-  static constexpr int PG = kThreads / NG;
-  static constexpr int TM = kTileH * kTileW / PG;
-  static constexpr int CKP = CK + 4;  // spreads pixels over banks, keeps 16-byte alignment
-  static constexpr int BNP = BN;
-  static constexpr int LDS = BN + 4;  // fp32 staging row stride for the epilogue
-  static constexpr std::size_t kInputBytes = std::size_t(kHaloPixels) * CKP * sizeof(float);
-  static constexpr std::size_t kTileBytes = kInputBytes + std::size_t(9) * CK * BNP * sizeof(float);
-  static constexpr std::size_t kStageBytes = std::size_t(kTileH) * kTileW * LDS * sizeof(float);
-  static constexpr std::size_t kSmemBytes = kTileBytes > kStageBytes ? kTileBytes : kStageBytes;
-  static_assert(kThreads % NG == 0 && (kTileH * kTileW) % PG == 0, "uneven thread tiling");
-  static_assert(TN % 4 == 0, "the sums are staged as float4");
-};
-
+// fp32 on CUDA cores.
 template <int BN, int CK>
 __global__ void __launch_bounds__(kThreads) conv3x3_f32(const ConvParams p) {
-  using Tiles = F32Tiles<BN, CK>;
-  constexpr int TN = Tiles::TN, NG = Tiles::NG, PG = Tiles::PG, TM = Tiles::TM;
-  constexpr int CKP = Tiles::CKP, BNP = Tiles::BNP, LDS = Tiles::LDS;
-
-  unsigned char* smem = dynamic_shared_memory();
-  float* in_tile = reinterpret_cast<float*>(smem);
-  float* w_tile = reinterpret_cast<float*>(smem + Tiles::kInputBytes);
-
-  const int tile_y = blockIdx.x / p.tiles_x, tile_x = blockIdx.x % p.tiles_x;
-  const int y0 = tile_y * kTileH, x0 = tile_x * kTileW, n0 = blockIdx.y * BN;
-  const int img = blockIdx.z;
-  const int group = threadIdx.x / NG, cg = (threadIdx.x % NG) * TN;
-  const float* x = static_cast<const float*>(p.x) + std::size_t(img) * p.h * p.width * p.cin;
-
-  float acc[TM][TN];
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
-
-  for (int c0 = 0; c0 < p.cin_pad; c0 += CK) {
-    load_input_tile<float, CK, CKP>(p, x, y0, x0, c0, in_tile);
-    load_weight_tile<float, 9, BN, CK, BNP>(p, c0, n0, w_tile);
-    if (!REDKERN_PLANTED(kSkipLoadBarrier)) __syncthreads();
-    for (int tap = 0; tap < 9; ++tap) {
-      const int ky = tap / 3, kx = tap % 3;
-#pragma unroll 4
-      for (int k = 0; k < CK; ++k) {
-        float b[TN];
-#pragma unroll
-        for (int j = 0; j < TN; ++j) b[j] = w_tile[(tap * CK + k) * BNP + cg + j];
-#pragma unroll
-        for (int i = 0; i < TM; ++i) {
-          const int m = group + i * PG;
-          const float a = in_tile[((m / kTileW + ky) * kHaloW + m % kTileW + kx) * CKP + k];
-#pragma unroll
-          for (int j = 0; j < TN; ++j) acc[i][j] += a * b[j];
-        }
-      }
-    }
-    if (!REDKERN_PLANTED(kSkipReuseBarrier)) __syncthreads();
-  }
-
-  // Epilogue: registers -> shared staging (the tiles are free: the barrier above) -> the
-  // fused epilogue -> global, as in the wmma kernels.
-  float* stage = reinterpret_cast<float*>(smem);
-#pragma unroll
-  for (int i = 0; i < TM; ++i)
-#pragma unroll
-    for (int j = 0; j < TN; j += 4)
-      *reinterpret_cast<float4*>(stage + (group + i * PG) * LDS + cg + j) =
-          float4{acc[i][j], acc[i][j + 1], acc[i][j + 2], acc[i][j + 3]};
-  __syncthreads();
-  store_staged<float, BN, kTileH * kTileW, LDS>(p, stage, n0, TilePixel{p, img, y0, x0});
+  f32_block<Geometry3x3, BN, CK>(p, Geometry3x3(p), blockIdx.y * BN);
 }
 
 // --- choosing and launching a kernel -------------------------------------------------------
@@ -252,7 +134,7 @@ void dispatch_conv3x3(const ConvArgs& a, Launch&& launch) {
     using T = decltype(tag);
 #define REDKERN_WMMA_CASE(BN, CK)                                                        \
   if (plan.bn == BN && plan.ck == CK)                                                    \
-    return go(&conv3x3_wmma<T, BN, CK>, "conv3x3_wmma", BN, CK, WmmaTiles<T, BN, CK>::kSmemBytes);
+    return go(&conv3x3_wmma<T, BN, CK>, "conv3x3_wmma", BN, CK, WmmaTiles<Geometry3x3, T, BN, CK>::kSmemBytes);
     REDKERN_WMMA_CASE(16, 16) REDKERN_WMMA_CASE(16, 32)
     REDKERN_WMMA_CASE(32, 16) REDKERN_WMMA_CASE(32, 32)
     REDKERN_WMMA_CASE(64, 16) REDKERN_WMMA_CASE(64, 32)
@@ -263,7 +145,7 @@ void dispatch_conv3x3(const ConvArgs& a, Launch&& launch) {
     case DType::kFloat32:
 #define REDKERN_F32_CASE(BN, CK)                                                         \
   if (plan.bn == BN && plan.ck == CK)                                                    \
-    return go(&conv3x3_f32<BN, CK>, "conv3x3", BN, CK, F32Tiles<BN, CK>::kSmemBytes);
+    return go(&conv3x3_f32<BN, CK>, "conv3x3", BN, CK, F32Tiles<Geometry3x3, BN, CK>::kSmemBytes);
       REDKERN_F32_CASE(8, 4) REDKERN_F32_CASE(8, 16)
       REDKERN_F32_CASE(16, 4) REDKERN_F32_CASE(16, 16)
       REDKERN_F32_CASE(32, 4) REDKERN_F32_CASE(32, 16)
