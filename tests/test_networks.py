@@ -16,6 +16,9 @@ PARAMS = {
     "vdsr": 665_921, "dncnn_s": 556_096, "dncnn_b": 667_072, "srcnn": 8_129, "srcnn_955": 57_281,
     "espcn": 22_729, "fsrcnn": 12_809, "edsr_baseline": 1_369_883, "edsr": 40_729_627,
     "srresnet": 1_549_462, "red10": 296_641, "red20": 665_921, "red30": 1_035_201,
+    "drrn": 310_659, "drrn_b1u9": 302_467,
+    "drcn": 1_775_121,
+    "memnet": 695_497,
 }
 TRAINABLE = {"edsr_baseline": 1_369_859, "edsr": 40_729_603}
 
@@ -34,6 +37,10 @@ SMALL = {
     "red10": (dict(features=16), 1, lambda h, w: (h, w), []),
     "red20": (dict(features=16), 1, lambda h, w: (h, w), []),
     "red30": (dict(features=8), 1, lambda h, w: (h, w), []),
+    "drrn": (dict(units=3, features=16), 1, lambda h, w: (h, w), ["BatchNorm not directly after a convolution"]),
+    "drrn_b1u9": (dict(blocks=2, units=2, features=16), 1, lambda h, w: (h, w), ["BatchNorm2d"]),
+    "drcn": (dict(recursions=3, features=16), 1, lambda h, w: (h, w), []),
+    "memnet": (dict(blocks=2, units=2, features=8), 1, lambda h, w: (h, w), ["torch.cat"]),
 }
 
 
@@ -80,9 +87,10 @@ def test_fused_equals_the_module(name):
     text = redkern.explain(fused)
     for what in in_pytorch:
         assert what in text
-    # every stride-1 convolution is fused (only FSRCNN's strided deconvolution is not)
+    # every stride-1 convolution is fused (only FSRCNN's strided deconvolution is not); a conv
+    # the recursive networks call several times (shared weights) is one module, several steps
     convs = [c for c in m.modules() if isinstance(c, nn.modules.conv._ConvNd)]
-    assert len(fused.plan.conv_steps) == len(convs) - (name == "fsrcnn")
+    assert len({id(s.conv) for s in fused.plan.conv_steps}) == len(convs) - (name == "fsrcnn")
 
 
 def test_create_model_fused_and_options():

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from ._registry import create_model, list_models, register_model
 from .dncnn import DnCNN
+from .drcn import DRCN
+from .drrn import DRRN
 from .edsr import EDSR
 from .espcn import ESPCN
 from .fsrcnn import FSRCNN
+from .memnet import MemNet
 from .srcnn import SRCNN
 from .srresnet import SRResNet
 from .vdsr import VDSR
 from . import red  # noqa: F401  (registers red10/20/30)
 
-__all__ = ["create_model", "list_models", "register_model", "DnCNN", "EDSR", "ESPCN", "FSRCNN",
-           "SRCNN", "SRResNet", "VDSR"]
+__all__ = ["create_model", "list_models", "register_model", "DnCNN", "DRCN", "DRRN", "EDSR", "ESPCN",
+           "FSRCNN", "MemNet", "SRCNN", "SRResNet", "VDSR"]
