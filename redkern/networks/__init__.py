@@ -13,10 +13,14 @@ from .dncnn import DnCNN
 from .edsr import EDSR
 from .espcn import ESPCN
 from .fsrcnn import FSRCNN
+from .lapsrn import LapSRN
+from .mdsr import MDSR
 from .srcnn import SRCNN
+from .srdensenet import SRDenseNet
+from .srn_deblur import SRNDeblurNet
 from .srresnet import SRResNet
 from .vdsr import VDSR
 from . import red  # noqa: F401  (registers red10/20/30)
 
 __all__ = ["create_model", "list_models", "register_model", "DnCNN", "EDSR", "ESPCN", "FSRCNN",
-           "SRCNN", "SRResNet", "VDSR"]
+           "LapSRN", "MDSR", "SRCNN", "SRDenseNet", "SRNDeblurNet", "SRResNet", "VDSR"]
