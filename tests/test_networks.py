@@ -16,8 +16,14 @@ PARAMS = {
     "vdsr": 665_921, "dncnn_s": 556_096, "dncnn_b": 667_072, "srcnn": 8_129, "srcnn_955": 57_281,
     "espcn": 22_729, "fsrcnn": 12_809, "edsr_baseline": 1_369_883, "edsr": 40_729_627,
     "srresnet": 1_549_462, "red10": 296_641, "red20": 665_921, "red30": 1_035_201,
+    "lapsrn": 871_586,
+    "srdensenet": 3_175_681,
+    "mdsr": 7_954_011,
+    "srn_deblur": 8_061_411,
 }
-TRAINABLE = {"edsr_baseline": 1_369_859, "edsr": 40_729_603}
+TRAINABLE = {"edsr_baseline": 1_369_859, "edsr": 40_729_603,
+             "mdsr": 7_953_987,
+             }
 
 # name -> (small options, input channels, output size from (h, w), what stays in PyTorch)
 SMALL = {
@@ -34,7 +40,31 @@ SMALL = {
     "red10": (dict(features=16), 1, lambda h, w: (h, w), []),
     "red20": (dict(features=16), 1, lambda h, w: (h, w), []),
     "red30": (dict(features=8), 1, lambda h, w: (h, w), []),
+    "lapsrn": (dict(depth=2, features=8), 1, lambda h, w: (4 * h, 4 * w), ["PyTorch: stride (2, 2)"]),
+    "srdensenet": (dict(blocks=2, layers=3, growth=4, bottleneck=8), 1, lambda h, w: (4 * h, 4 * w), ["torch.cat", "PyTorch: stride (2, 2)"]),
+    "mdsr": (dict(n_blocks=2, features=8), 3, lambda h, w: (2 * h, 2 * w), ["pixel rearrangement"]),
+    "srn_deblur": (dict(features=4), 3, lambda h, w: (h, w), ["PyTorch: stride (2, 2)", "torch.cat", "F.interpolate"]),
 }
+
+
+def input_size(m: nn.Module, h: int, w: int) -> tuple[int, int]:
+    """(h, w) rounded up to the sizes the model takes (SRN-DeblurNet: multiples of 16)."""
+    k = getattr(m, "size_multiple", 1)
+    return -(-h // k) * k, -(-w // k) * k
+
+
+def conv_calls(m: nn.Module, x: torch.Tensor):
+    """``m(x)`` and every convolution module its forward called (a shared one each time)."""
+    calls = []
+    hooks = [c.register_forward_hook(lambda mod, i, o: calls.append(mod))
+             for c in m.modules() if isinstance(c, nn.modules.conv._ConvNd)]
+    try:
+        with torch.no_grad():
+            y = m(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return y, calls
 
 
 def test_every_registered_model_is_tested():
@@ -56,7 +86,7 @@ def test_default_configuration_parameter_count(name):
 def test_default_configuration_runs(name):
     _, channels, size, _ = SMALL[name]
     m = redkern.create_model(name).eval()
-    h, w = (21, 19) if name.startswith("srcnn") else (6, 5)
+    h, w = input_size(m, *((21, 19) if name.startswith("srcnn") else (6, 5)))
     with torch.no_grad():
         y = m(torch.rand(1, channels, h, w))
     shrink = {"srcnn": 12, "srcnn_955": 16}.get(name)  # the paper's unpadded convolutions
@@ -68,10 +98,11 @@ def test_fused_equals_the_module(name):
     options, channels, size, in_pytorch = SMALL[name]
     m = T.randomize_(redkern.create_model(name, **options)).eval()
     fused = redkern.fuse(m)
-    h, w = (23, 19) if name.startswith("srcnn") else (11, 9)
+    h, w = input_size(m, *((23, 19) if name.startswith("srcnn") else (11, 9)))
     x = torch.randn(2, channels, h, w)
+    want, calls = conv_calls(m, x)
+    want = want.double()
     with torch.no_grad():
-        want = m(x).double()
         got = fused(x)
     assert tuple(got.shape) == (2, channels, *size(h, w))
     bn = any(isinstance(b, nn.BatchNorm2d) for b in m.modules())
@@ -80,9 +111,10 @@ def test_fused_equals_the_module(name):
     text = redkern.explain(fused)
     for what in in_pytorch:
         assert what in text
-    # every stride-1 convolution is fused (only FSRCNN's strided deconvolution is not)
-    convs = [c for c in m.modules() if isinstance(c, nn.modules.conv._ConvNd)]
-    assert len(fused.plan.conv_steps) == len(convs) - (name == "fsrcnn")
+    # every stride-1 convolution call is one fused step (a shared conv once per call, as
+    # SRN-DeblurNet's per scale; MDSR's unselected scales' branches do not run); the strided
+    # ones (FSRCNN's deconvolution, LapSRN's, SRN-DeblurNet's...) stay in PyTorch
+    assert [s.conv for s in fused.plan.conv_steps] == [c for c in calls if tuple(c.stride) == (1, 1)]
 
 
 def test_create_model_fused_and_options():

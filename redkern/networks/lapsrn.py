@@ -27,7 +27,7 @@ from torch import nn
 
 from ._registry import register_model
 
-__all__ = ["LapSRN", "lapsrn", "bilinear_kernel"]
+__all__ = ["LapSRN", "bilinear_kernel", "lapsrn"]
 
 SLOPE = 0.2  # the leaky ReLUs' negative slope
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from ._registry import register_model
 
-__all__ = ["SRDenseNet", "DenseBlock", "srdensenet"]
+__all__ = ["DenseBlock", "SRDenseNet", "srdensenet"]
 
 
 class DenseBlock(nn.Module):

@@ -35,7 +35,7 @@ from torch import nn
 
 from ._registry import register_model
 
-__all__ = ["SRNDeblurNet", "ConvLSTMCell", "srn_deblur"]
+__all__ = ["ConvLSTMCell", "SRNDeblurNet", "srn_deblur"]
 
 
 def check_srn_input(x: torch.Tensor, channels: int, multiple: int) -> None:
