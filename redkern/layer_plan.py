@@ -659,7 +659,8 @@ def plan(module: nn.Module, example_inputs=None) -> Plan:
 
     ``example_inputs``: a tensor, a tuple of tensors, or shapes, giving the inputs' shapes the
     values are propagated with (fake tensors: nothing is computed). By default one image
-    ``[1, C, 32, 32]`` with ``C`` the first convolution's input channels. Shapes decide which
+    ``[1, C, 32, 32]`` with ``C`` the first convolution's input channels, or
+    ``[1, *module.example_input_shape]`` where the module defines that ``(C, H, W)``. Shapes decide which
     additions can join an epilogue (both sides the same shape). Raises ``PlanError`` when
     ``forward`` does not trace.
     """
@@ -699,7 +700,10 @@ def _example_inputs(module, graph, example_inputs) -> tuple | None:
             return None
         p = next(module.parameters(), None)
         like = dict(dtype=p.dtype, device=p.device) if p is not None else {}
-        return (torch.empty(1, first.in_channels, 32, 32, **like),)
+        # a network whose first conv reads more than its input (SRN-DeblurNet's reads the
+        # image and an estimate concatenated) or that needs sizes of a multiple says so
+        shape = getattr(module, "example_input_shape", None) or (first.in_channels, 32, 32)
+        return (torch.empty(1, *shape, **like),)
     if isinstance(example_inputs, Tensor):
         return (example_inputs,)
     if isinstance(example_inputs, (tuple, list)) and example_inputs and all(isinstance(s, int) for s in example_inputs):

@@ -15,11 +15,15 @@ from .drrn import DRRN
 from .edsr import EDSR
 from .espcn import ESPCN
 from .fsrcnn import FSRCNN
+from .lapsrn import LapSRN
+from .mdsr import MDSR
 from .memnet import MemNet
 from .srcnn import SRCNN
+from .srdensenet import SRDenseNet
+from .srn_deblur import SRNDeblurNet
 from .srresnet import SRResNet
 from .vdsr import VDSR
 from . import red  # noqa: F401  (registers red10/20/30)
 
 __all__ = ["create_model", "list_models", "register_model", "DnCNN", "DRCN", "DRRN", "EDSR", "ESPCN",
-           "FSRCNN", "MemNet", "SRCNN", "SRResNet", "VDSR"]
+           "FSRCNN", "LapSRN", "MDSR", "MemNet", "SRCNN", "SRDenseNet", "SRNDeblurNet", "SRResNet", "VDSR"]

@@ -27,7 +27,7 @@ from torch import nn
 
 from ._registry import register_model
 
-__all__ = ["EDSR", "edsr_baseline", "edsr", "DIV2K_RGB_MEAN"]
+__all__ = ["EDSR", "ResBlock", "mean_shift", "upsampler", "edsr_baseline", "edsr", "DIV2K_RGB_MEAN"]
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
@@ -45,10 +45,15 @@ def mean_shift(rgb_range: float, mean=DIV2K_RGB_MEAN, sign: int = -1) -> nn.Conv
 
 
 class ResBlock(nn.Module):
-    def __init__(self, features: int, res_scale: float):
+    """conv, ReLU, conv (``kernel_size`` square, "same" padding), times ``res_scale``, plus the
+    input; the authors' ``common.ResBlock`` names (``body.0``, ``body.2``). MDSR's per-scale
+    heads use ``kernel_size=5``."""
+
+    def __init__(self, features: int, res_scale: float = 1.0, kernel_size: int = 3):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True),
-                                  nn.Conv2d(features, features, 3, padding=1))
+        pad = kernel_size // 2
+        self.body = nn.Sequential(nn.Conv2d(features, features, kernel_size, padding=pad), nn.ReLU(inplace=True),
+                                  nn.Conv2d(features, features, kernel_size, padding=pad))
         self.res_scale = float(res_scale)
 
     def forward(self, x):
@@ -56,6 +61,8 @@ class ResBlock(nn.Module):
 
 
 def upsampler(scale: int, features: int) -> nn.Sequential:
+    """The authors' ``common.Upsampler`` without activation: x2^k as k times (3x3 conv to
+    ``4 * features``, pixel shuffle 2); x3 as one 3x3 conv to ``9 * features``, pixel shuffle 3."""
     layers = []
     if scale & (scale - 1) == 0:  # a power of two: x2 steps
         for _ in range(int(math.log2(scale))):
