@@ -19,7 +19,6 @@ from redkern import testing as T
 from redkern.networks import checkpoints as C
 from redkern.weights import WeightsError
 
-
 # --- the ports' modules, as their sources build them (keys come from real modules) ---------
 
 class KairDnCNN(nn.Module):
@@ -61,7 +60,7 @@ class BasicsrEDSR(nn.Module):
         self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         m = []
         if upscale & (upscale - 1) == 0:
-            for _ in range(int(math.log(upscale, 2))):
+            for _ in range(int(math.log2(upscale))):
                 m += [nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2)]
         else:
             m += [nn.Conv2d(num_feat, 9 * num_feat, 3, 1, 1), nn.PixelShuffle(3)]

@@ -42,9 +42,9 @@ Layouts covered (read from the ports' sources):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -60,8 +60,15 @@ from .srcnn import SRCNN
 from .srresnet import SRResNet
 from .vdsr import VDSR
 
-__all__ = ["load_state_dict", "model_from_checkpoint", "read_checkpoint", "Checkpoint", "NETWORKS",
-           "LAYOUTS", "WeightsError"]
+__all__ = [
+    "LAYOUTS",
+    "NETWORKS",
+    "Checkpoint",
+    "WeightsError",
+    "load_state_dict",
+    "model_from_checkpoint",
+    "read_checkpoint",
+]
 
 LAYOUTS = ("redkern", "kair", "basicsr", "yjn870")
 WRAPPERS = ("params_ema", "params", "state_dict", "model")  # taken off in this order of preference
@@ -281,8 +288,9 @@ NETWORKS: tuple[Network, ...] = (
 )
 
 # checkpoints of networks the zoo does not hold: a key that says which
-FOREIGN = (("model.1.sub.0.res.0.weight", f"a KAIR MSRResNet0 ({_KAIR} models/network_msrresnet.py), a network "
-            "redkern's zoo does not have (msrresnet is KAIR's MSRResNet1)"),)
+_MSRRESNET0 = (f"a KAIR MSRResNet0 ({_KAIR} models/network_msrresnet.py), a network redkern's zoo does not "
+               "have (msrresnet is KAIR's MSRResNet1)")
+FOREIGN = (("model.1.sub.0.res.0.weight", _MSRRESNET0),)
 
 
 def _network_of_name(name: str) -> Network:
@@ -339,7 +347,7 @@ def _rules(layout: Layout, keys) -> list[tuple[_Template, _Template]]:
     for name, template in layout.counts.items():
         t = _Template(template)
         counts[name] = len({m["i"] for m in map(t.match, keys) if m is not None})
-    resolve = lambda text: re.sub(r"\{(\w+)\}", lambda m: str(counts[m[1]]) if m[1] in counts else m[0], text)  # noqa: E731
+    resolve = lambda text: re.sub(r"\{(\w+)\}", lambda m: str(counts[m[1]]) if m[1] in counts else m[0], text)
     return [(_Template(resolve(f)), _Template(resolve(o))) for f, o in layout.rules]
 
 
