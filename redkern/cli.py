@@ -3,7 +3,8 @@
     redkern demo                                  # denoise the bundled sample: PSNR and speed
     redkern restore noisy.png clean.png --weights red30.pt
     redkern restore scan.tif out.tif --tile 1024 --device cuda --batch 4
-    redkern info                                  # version, backends, CPU features, devices
+    redkern restore noisy.png clean.png --model dncnn_b --weights dncnn_gray_blind.pth   # KAIR's file
+    redkern info                                  # version, backends, CPU features, devices, zoo models
 
 ``--task denoise|sr|jpeg`` uses the weights that ship with the package (redkern.pretrained).
 With neither ``--task`` nor ``--weights`` the model has random weights (seeded, so runs
@@ -119,14 +120,18 @@ def _parser() -> argparse.ArgumentParser:
 
     model = argparse.ArgumentParser(add_help=False)
     m = model.add_argument_group("model")
-    m.add_argument("--model", choices=sorted(DEPTHS), help="network depth (default: from --weights, else red30)")
-    m.add_argument("--weights", metavar="FILE", help="a RED-Net state_dict (torch.save); "
+    m.add_argument("--model", metavar="NAME", help="the network: red10, red20, red30 (default: from --weights, "
+                   "else red30) or a same-size zoo model (" + ", ".join(_zoo_names()) + "; redkern info "
+                   "lists them all)")
+    m.add_argument("--weights", metavar="FILE", help="a RED-Net state_dict (torch.save), or with --model NAME "
+                   "a checkpoint of that network in redkern's, KAIR's or BasicSR's layout; "
                    "without it the weights are random (a demo of speed, not of restoration)")
     m.add_argument("--task", choices=["denoise", "sr", "jpeg"], help="use the shipped RED30 weights for "
                    "this task (redkern.pretrained); sr takes the image already bicubic-enlarged")
     m.add_argument("--channels", type=_positive, help="model channels: 1 (grayscale, or the Y of colour "
-                   "images) or 3 (RGB) (default: from --weights, else 1)")
-    m.add_argument("--features", type=_positive, help="feature maps per layer (default: from --weights, else 64)")
+                   "images) or 3 (RGB) (default: from --weights, else 1; zoo models: their own default)")
+    m.add_argument("--features", type=_positive, help="feature maps per layer (default: from --weights, else 64; "
+                   "zoo models: their own default)")
     m.add_argument("--backend", default="auto", choices=["auto", "cpu", "triton", "cuda", "reference"],
                    help="fused kernels to use; 'reference' runs the plain PyTorch model (default: auto)")
     m.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if present, else cpu)")
@@ -237,6 +242,10 @@ def _build_model(args):
     import redkern
     from .weights import WeightsError, read
 
+    if args.model is not None and args.model not in DEPTHS:
+        return _build_zoo_model(args)
+    from .networks.checkpoints import load_state_dict
+
     depth, channels, features, state = DEPTHS.get(args.model), args.channels, args.features, None
     if args.task:
         from . import pretrained
@@ -264,9 +273,9 @@ def _build_model(args):
         model = redkern.FusedREDNet(depth, channels, features, backend=args.backend)
     if state is not None:
         try:
-            model.load_state_dict({k: v.float() for k, v in state.items()})
-        except RuntimeError as e:
-            raise UsageError(f"--weights {args.weights} does not fit RED{depth}: {e}") from e
+            load_state_dict(model, {k: v.float() for k, v in state.items()})
+        except WeightsError as e:
+            raise UsageError(f"--weights {args.weights} does not fit RED{depth}: {e}") from None
     else:
         print(f"redkern: note: no --weights or --task given, so RED{depth} has RANDOM weights (seed 0): "
               "the output shows speed, not restoration (use --task denoise|sr|jpeg for the shipped "
@@ -283,6 +292,84 @@ def _build_model(args):
     weights = f"weights {os.path.basename(args.weights)}" if state is not None else "random weights"
     return model, (f"RED{depth} ({channels} channel{'s' if channels > 1 else ''}, {features} features, "
                    f"{kind}, {args.dtype} on {device}, {weights})")
+
+
+def _zoo_names() -> list[str]:
+    """The registered models other than RED-Net's (``--model NAME``)."""
+    from .networks import list_models
+
+    return [n for n in list_models() if n not in DEPTHS]
+
+
+def _build_zoo_model(args):
+    """``(model, description)`` for ``--model NAME`` of the zoo (``redkern.create_model``),
+    its weights from ``--weights`` in any known layout (``networks.checkpoints``)."""
+    import torch
+
+    import redkern
+    from .networks import checkpoints, create_model
+    from .weights import WeightsError
+
+    name = args.model
+    if name not in redkern.list_models():
+        raise UsageError(f"--model {name}: unknown; registered: {', '.join(redkern.list_models())}")
+    if args.task:
+        raise UsageError(f"--task uses the shipped RED30 weights; --model {name} takes --weights FILE")
+    options = {k: v for k, v in (("channels", args.channels), ("features", args.features)) if v is not None}
+    torch.manual_seed(0)  # random weights repeat from run to run
+    try:
+        if args.weights:
+            model = checkpoints.model_from_checkpoint(name, args.weights, **options)
+            weights = f"weights {os.path.basename(args.weights)} ({model.checkpoint_layout} layout)"
+        else:
+            model = create_model(name, **options)
+            weights = "random weights"
+    except WeightsError as e:
+        raise UsageError(f"--weights {e}") from None
+    except TypeError as e:  # an option the network does not take
+        raise UsageError(f"--model {name}: {', '.join('--' + k for k in options)} does not apply ({e})") from None
+    except ValueError as e:
+        raise UsageError(f"--model {name}: {e}") from None
+    _refuse_size_change(model, name)
+    if not args.weights:
+        print(f"redkern: note: no --weights given, so {name} has RANDOM weights (seed 0): the output shows "
+              "speed, not restoration", file=sys.stderr)
+    device, dtype = _device(args), getattr(torch, args.dtype)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if not hasattr(model, "channels"):  # what tiling feeds it: the first convolution's input channels
+        model.channels = next(m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)).in_channels
+    if args.backend == "reference":
+        model.receptive_field_radius = redkern.plan(model).receptive_field_radius()  # the halo tiling needs
+        kind = "reference PyTorch"
+    else:
+        model = redkern.fuse(model, backend=args.backend)
+        try:
+            layers = model.backends_for(device, dtype)
+        except TypeError as e:
+            raise UsageError(f"--dtype {args.dtype}: {e}; --backend reference runs any dtype") from None
+        kind = "fused, backend " + ", ".join(sorted({b for b, _ in layers.values()}))
+    return model, f"{name} ({model.channels} channel{'s' if model.channels > 1 else ''}, {kind}, " \
+                  f"{args.dtype} on {device}, {weights})"
+
+
+def _refuse_size_change(model, name: str) -> None:
+    """Tiled restore keeps each tile's size: a network whose output is larger (or smaller)
+    than its input is refused here, in one place, until ``redkern.tiling`` handles it."""
+    import redkern
+
+    try:
+        plan = redkern.plan(model)
+    except redkern.PlanError:
+        return
+    inp, out = plan.example_shapes[0], plan.shapes.get(plan.output_values[0]) if plan.output_values else None
+    if out is not None and len(out) == 4 and tuple(out[2:]) != tuple(inp[2:]):
+        how = f"enlarges the image {out[2] / inp[2]:g}x" if out[2] > inp[2] else "shrinks the image"
+        raise UsageError(f"--model {name} {how}: tiled restore of networks whose output size differs from "
+                         f"their input is not supported yet; same-size models: "
+                         f"{', '.join(sorted(DEPTHS) + [n for n in _zoo_names() if n in _SAME_SIZE])}")
+
+
+_SAME_SIZE = ("dncnn_b", "dncnn_s", "vdsr")  # named in the message above (test_cli checks them)
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -428,6 +515,8 @@ def _info(args) -> int:
         why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA device visible"
         print(f"cuda: none ({why})")
     print(f"image formats: {_formats()}")
+    print(f"models: {', '.join(redkern.list_models())} (redkern restore --model NAME --weights FILE: the "
+          "same-size ones; KAIR, BasicSR and redkern checkpoint layouts)")
     return 0
 
 

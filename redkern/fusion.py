@@ -84,6 +84,13 @@ class FusedForward:
         """The layer plan this module runs (``print`` it to see every step)."""
         return self._redkern_runtime_state().plan
 
+    @property
+    def receptive_field_radius(self) -> int | None:
+        """Input pixels an output pixel depends on in any direction, read off the plan
+        (``Plan.receptive_field_radius``; ``None`` where a step's reach is unknown): the halo
+        that makes tiled inference exact, for any fused network."""
+        return self._redkern_runtime_state().plan.receptive_field_radius()
+
     def backends_for(self, device, dtype) -> dict[str, tuple[str, str]]:
         """Per fused layer, ``(backend, algorithm)`` on ``device`` in ``dtype``: resolved once
         and kept for every later call (``backend`` ``"pytorch"`` where ``"auto"`` found none

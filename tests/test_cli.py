@@ -517,3 +517,59 @@ def test_the_progress_bar_shows_on_a_pseudo_terminal_without_a_window_size(tmp_p
     os.close(master)
     assert child.returncode == 0, seen
     assert b"9/9 [" in seen and b"tile/s" in seen, seen[-500:]
+
+
+# --- zoo models: --model NAME --weights FILE in the public ports' layouts --------------------
+
+def _fresh(model):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", ["vdsr", "dncnn_s"])
+def test_restore_a_zoo_model_from_its_checkpoint_equals_whole_image_inference(tmp_path, capsys, rng, name):
+    if name == "vdsr":  # BasicSR-style wrapping and a DataParallel prefix around redkern's keys
+        model = _fresh(redkern.create_model("vdsr", depth=5, features=8))
+        saved = {"params": {"module." + k: v for k, v in model.state_dict().items()}}
+    else:  # KAIR's released DnCNN: BatchNorms merged, model.N keys, a bias on every conv
+        model = _fresh(redkern.create_model("dncnn_s", features=8, batchnorm=False, bias=True))
+        saved = {k.replace("dncnn.", "model."): v for k, v in model.state_dict().items()}
+    torch.save(saved, tmp_path / "w.pth")
+    image = rng.random((41, 37), dtype=np.float32)
+    np.save(tmp_path / "in.npy", image)
+    code, err = main(capsys, "restore", tmp_path / "in.npy", tmp_path / "out.npy", "--model", name,
+                     "--weights", tmp_path / "w.pth", "--tile", 40)
+    assert code == 0, err
+    assert f"model: {name} (1 channel, fused" in err and ("kair layout" if name == "dncnn_s" else "redkern layout") in err
+    with torch.no_grad():
+        want = model(torch.from_numpy(image)[None, None])[0, 0].numpy()
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), want, atol=1e-4)
+
+
+def test_a_zoo_checkpoint_that_does_not_fit_is_one_line_naming_keys(tmp_path, capsys, photo):
+    model = redkern.create_model("vdsr", depth=4, features=8)
+    state = model.state_dict()
+    del state["output.bias"]
+    torch.save(state, tmp_path / "w.pth")
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "vdsr", "--weights", tmp_path / "w.pth")
+    assert code == cli.EXIT_USAGE and "missing output.bias" in err and err.count("\n") == 1, err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "vdsr", "--features", "16",
+                     "--weights", tmp_path / "w.pth")
+    assert code == cli.EXIT_USAGE and "features=8, but features=16 was asked for" in err, err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "dncnn_s", "--weights", tmp_path / "w.pth")
+    assert code == cli.EXIT_USAGE and "unexpected keys input.weight" in err and "vdsr" in err, err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "vdrs")
+    assert code == cli.EXIT_USAGE and "unknown; registered: dncnn_b" in err
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_upsamplers_are_refused_until_tiling_handles_them(tmp_path, capsys, photo):
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "edsr_baseline", "--features", "8")
+    assert code == cli.EXIT_USAGE and "enlarges the image 2x" in err and "not supported yet" in err
+    for name in cli._SAME_SIZE:  # the message names only models that do restore tile by tile
+        cli._refuse_size_change(redkern.create_model(name), name)
+    with pytest.raises(cli.UsageError, match="srcnn shrinks the image"):  # the paper's unpadded convolutions
+        cli._refuse_size_change(redkern.create_model("srcnn"), "srcnn")
+    assert cli.main(["info"]) == 0 and "models: dncnn_b, dncnn_s, drcn, drrn" in capsys.readouterr().out

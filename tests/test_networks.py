@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("poisoned_empty")
 PARAMS = {
     "vdsr": 665_921, "dncnn_s": 556_096, "dncnn_b": 667_072, "srcnn": 8_129, "srcnn_955": 57_281,
     "espcn": 22_729, "fsrcnn": 12_809, "edsr_baseline": 1_369_883, "edsr": 40_729_627,
-    "srresnet": 1_549_462, "red10": 296_641, "red20": 665_921, "red30": 1_035_201,
+    "srresnet": 1_549_462, "msrresnet": 1_517_571, "red10": 296_641, "red20": 665_921, "red30": 1_035_201,
     "drrn": 310_659, "drrn_b1u9": 302_467,
     "drcn": 1_775_121,
     "memnet": 695_497,
@@ -42,6 +42,7 @@ SMALL = {
     "edsr_baseline": (dict(n_blocks=2, features=16), 3, lambda h, w: (2 * h, 2 * w), ["pixel rearrangement"]),
     "edsr": (dict(n_blocks=2, features=16, scale=3), 3, lambda h, w: (3 * h, 3 * w), ["pixel rearrangement"]),
     "srresnet": (dict(n_blocks=2, features=16), 3, lambda h, w: (4 * h, 4 * w), ["pixel rearrangement"]),
+    "msrresnet": (dict(n_blocks=2, features=16), 3, lambda h, w: (4 * h, 4 * w), ["F.interpolate"]),
     "red10": (dict(features=16), 1, lambda h, w: (h, w), []),
     "red20": (dict(features=16), 1, lambda h, w: (h, w), []),
     "red30": (dict(features=8), 1, lambda h, w: (h, w), []),

@@ -10,6 +10,12 @@ has ``eps=1e-4``. Layer names follow that port (``dncnn.0.weight`` ...), so its 
 
 Parameters (1 channel): DnCNN-S 556,096; DnCNN-B 667,072 (BatchNorm affine terms included).
 At inference each BatchNorm folds into its convolution.
+
+Options for the public ports' variants (``redkern.networks.checkpoints`` picks them from a
+checkpoint's keys): ``bias=True`` gives the BN convolutions and the last one a bias, as KAIR's
+``models/network_dncnn.py`` builds them; ``batchnorm=False`` drops the BatchNorms (KAIR's
+released models, whose BatchNorms were merged into the convolutions: ``act_mode='R'``), so the
+middle convolutions are ``dncnn.0, .2, .4 ...`` as in that file.
 """
 
 from __future__ import annotations
@@ -22,17 +28,24 @@ __all__ = ["DnCNN", "dncnn_s", "dncnn_b"]
 
 
 class DnCNN(nn.Module):
-    """DnCNN of ``depth`` conv layers, ``features`` wide, on ``channels``-channel images."""
+    """DnCNN of ``depth`` conv layers, ``features`` wide, on ``channels``-channel images;
+    ``batchnorm`` and ``bias`` as in the module docstring (a middle convolution without its
+    BatchNorm always has a bias)."""
 
-    def __init__(self, depth: int = 17, features: int = 64, channels: int = 1):
+    def __init__(self, depth: int = 17, features: int = 64, channels: int = 1, batchnorm: bool = True,
+                 bias: bool = False):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth!r}")
+        self.channels = channels
         layers = [nn.Conv2d(channels, features, 3, padding=1, bias=True), nn.ReLU(inplace=True)]
         for _ in range(depth - 2):
-            layers += [nn.Conv2d(features, features, 3, padding=1, bias=False),
-                       nn.BatchNorm2d(features, eps=1e-4), nn.ReLU(inplace=True)]
-        layers.append(nn.Conv2d(features, channels, 3, padding=1, bias=False))
+            if batchnorm:
+                layers += [nn.Conv2d(features, features, 3, padding=1, bias=bias),
+                           nn.BatchNorm2d(features, eps=1e-4), nn.ReLU(inplace=True)]
+            else:
+                layers += [nn.Conv2d(features, features, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(features, channels, 3, padding=1, bias=bias))
         self.dncnn = nn.Sequential(*layers)
 
     def forward(self, x):

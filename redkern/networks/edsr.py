@@ -79,6 +79,7 @@ class EDSR(nn.Module):
                  rgb_range: float = 1.0):
         super().__init__()
         self.scale = scale
+        self.rgb_range = float(rgb_range)
         self.sub_mean = mean_shift(rgb_range, sign=-1)
         self.head = nn.Sequential(nn.Conv2d(3, features, 3, padding=1))
         self.body = nn.Sequential(*[ResBlock(features, res_scale) for _ in range(n_blocks)],

@@ -5,8 +5,9 @@ Adversarial Network", CVPR 2017): the SRGAN generator, x4, RGB.
 3x3 conv, BN, + the head's output (long skip); 2 x (3x3 conv 64 -> 256, pixel shuffle x2,
 PReLU); 9x9 conv 64 -> 3. No output activation (the paper's figure has none).
 
-Choices the paper leaves open, as the common ports (KAIR ``MSRResNet0``, sgrvinod's tutorial)
-take them: every conv has a bias, each PReLU has one shared slope. A one-slope PReLU is
+Choices the paper leaves open, as sgrvinod's tutorial port takes them: every conv has a bias,
+each PReLU has one shared slope. KAIR's ``MSRResNet0``/``MSRResNet1`` and BasicSR's ``MSRResNet``
+are other networks (no BN, ReLU / leaky ReLU); the latter two are ``msrresnet``. A one-slope PReLU is
 elementwise and commutes with the pixel shuffle, so ``forward`` applies it before the shuffle
 (the same function) and the PReLU fuses into the upsampling conv.
 Parameters: 1,549,462 (x4).

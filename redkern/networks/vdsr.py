@@ -27,6 +27,7 @@ class VDSR(nn.Module):
         super().__init__()
         if depth < 2:
             raise ValueError(f"depth must be >= 2, got {depth!r}")
+        self.channels = channels
         self.input = nn.Conv2d(channels, features, 3, padding=1)
         self.body = nn.ModuleList(nn.Conv2d(features, features, 3, padding=1) for _ in range(depth - 2))
         self.output = nn.Conv2d(features, channels, 3, padding=1)
