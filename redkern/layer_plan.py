@@ -302,7 +302,7 @@ class Plan:
         scales, _ = _value_scales(self)
         return {v: s[0] for v, s in scales.items() if s[0] == s[1]}
 
-    def geometry(self) -> "Geometry":
+    def geometry(self) -> Geometry:
         """Where the output lies over the input, read off the steps: the scale, the reach of
         every output pixel into the input, and whether tiles can reproduce the whole image
         exactly (see ``Geometry``). The one definition the receptive field and tiling use."""

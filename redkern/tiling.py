@@ -522,6 +522,13 @@ class _FileTiles:
         self.writer.write(*tile.out_core, self.plan.image_output(y[0].numpy(), kept))
 
 
+def _input_channels(model) -> int | None:
+    """The channels the model's first convolution takes (zoo networks keep no ``channels``)."""
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None) \
+        if isinstance(model, torch.nn.Module) else None
+    return None if first is None else first.in_channels
+
+
 @dataclasses.dataclass
 class RestoreJob:
     """One image file to restore with every check already made (``prepare_restore``):
@@ -574,7 +581,7 @@ def prepare_restore(model, reader, target, *, tile=512, halo: int | None = None,
 
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
-    model_channels = getattr(model, "channels", reader.channels - int(reader.alpha))
+    model_channels = getattr(model, "channels", None) or _input_channels(model) or reader.channels - int(reader.alpha)
     out_dtype = reader.dtype if out_dtype is None else out_dtype
     channels = imageio.ChannelPlan(reader.channels, reader.alpha, model_channels, out_dtype)
     halo, scale = _resolve(model, halo, allow_inexact)
