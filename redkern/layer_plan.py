@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from .epilogue import Act, Epilogue, Residual
 
-__all__ = ["Plan", "ConvStep", "TorchStep", "Ref", "plan", "PlanError", "conv_geometry", "reference_view",
-           "plan_table"]
+__all__ = ["Plan", "ConvStep", "TorchStep", "Ref", "Geometry", "plan", "PlanError", "conv_geometry",
+           "reference_view", "plan_table"]
 
 # What a fused module (redkern.fuse) keeps beside its reference class's state: its runtime
 # (plan, per-layer backends, pooled maps; never pickled) and the backend name asked for.
@@ -281,50 +281,32 @@ class Plan:
         return self.receptive_field_radius()
 
     def receptive_field_radius(self) -> int | None:
-        """Pixels of the input an output pixel depends on in any direction: the longest path of
-        per-layer radii, at each layer's resolution (skips join shallower paths and do not widen
-        it). ``None`` when a step's reach is not known (an operation we do not model)."""
-        reach: dict[int, Fraction] = {v: Fraction(0) for v in self.inputs}
-        scale = self.spatial_scales()
-        for step in self.steps:
-            ins = [reach.get(v) for v in step.reads]
-            if any(r is None for r in ins):
-                reach[step.dst] = None
-                continue
-            base = max(ins, default=Fraction(0))
-            if isinstance(step, ConvStep):
-                s = scale.get(step.src)
-                if s is None:
-                    reach[step.dst] = None
-                    continue
-                rh, rw = step.radius()
-                reach[step.dst] = base + Fraction(max(rh, rw)) / s
-            else:
-                grow = _torch_step_reach(step, scale)
-                reach[step.dst] = None if grow is None else base + grow
-        outs = [reach.get(v) for v in self.output_values]
-        if not outs or any(r is None for r in outs):
-            return None
-        return math.ceil(max(outs))
+        """Input pixels an output pixel depends on in any direction (``geometry().radius``):
+        30 for RED30. For an upsampler it is counted on the input grid: the output pixels over
+        input pixel ``c`` depend on input pixels within this many of ``c``. Skips join
+        shallower paths and do not widen it. ``None`` when a step's reach is not known (an
+        operation we do not model)."""
+        return self.geometry().radius
+
+    def scale(self) -> Fraction | None:
+        """Output pixels per input pixel along each axis: 1 for a denoiser, 2 for a x2
+        upsampler (a ``Fraction``, equal to the int). ``None`` when the two axes differ or a
+        step's effect on the resolution is not known; ``geometry()`` has both axes."""
+        s = self.geometry().scale
+        return s[0] if s is not None and s[0] == s[1] else None
 
     def spatial_scales(self) -> dict[int, Fraction]:
-        """Each 4-D value's resolution relative to the first input (2 after a x2 pixel shuffle):
-        fused steps keep their input's; a PyTorch step that changes the size (a shuffle, a
-        strided convolution, an upsampling) scales it by the nearest power of two of the size
-        ratio, so the borders that unpadded convolutions trim do not count as a resolution."""
-        four_d = {v: s for v, s in self.shapes.items() if len(s) == 4 and s[2] > 0}
-        scale = {v: Fraction(1) for v in self.inputs if v in four_d}
-        for step in self.steps:
-            src = [v for v in step.reads if v in scale]
-            if step.dst not in four_d or not src:
-                continue
-            if isinstance(step, ConvStep):
-                scale[step.dst] = scale[step.src] if step.src in scale else None
-                continue
-            s0 = src[0]
-            ratio = four_d[step.dst][2] / four_d[s0][2]
-            scale[step.dst] = scale[s0] * Fraction(2) ** round(math.log2(ratio))
-        return {v: s for v, s in scale.items() if s is not None}
+        """Each image-like value's resolution relative to the first input (2 after a x2 pixel
+        shuffle, 3 after a stride-3 transposed convolution), composed from the steps' own
+        facts (``geometry``); values whose two axes differ are left out."""
+        scales, _ = _value_scales(self)
+        return {v: s[0] for v, s in scales.items() if s[0] == s[1]}
+
+    def geometry(self) -> Geometry:
+        """Where the output lies over the input, read off the steps: the scale, the reach of
+        every output pixel into the input, and whether tiles can reproduce the whole image
+        exactly (see ``Geometry``). The one definition the receptive field and tiling use."""
+        return _geometry(self)
 
     def flops(self, input_shape) -> int:
         """Direct-convolution FLOPs (2 per multiply-add) of the convolutions, fused or not, for
@@ -394,7 +376,7 @@ def _rescale(size: int, example: int, new: int) -> int:
     return int(r * new + (size - r * example))
 
 
-# What a TorchStep adds to the reach of its inputs (in input pixels), where known.
+# PyTorch operations that act on each pixel alone (or on channels): no reach, no change of scale.
 _POINTWISE_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, operator.iadd,
     operator.isub, operator.imul, operator.getitem, torch.add, torch.sub, torch.mul, torch.div,
@@ -408,27 +390,249 @@ _POINTWISE_MODULES = (nn.ReLU, nn.LeakyReLU, nn.PReLU, nn.Tanh, nn.Sigmoid, nn.I
                       nn.BatchNorm2d, nn.ELU, nn.GELU, nn.Hardtanh, nn.ReLU6)
 
 
-def _torch_step_reach(step: TorchStep, scale: dict[int, Fraction]) -> Fraction | None:
+# --- geometry: scale and reach, composed from each step's own facts ------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Where a plan's output lies over its input, per axis ``(rows, cols)``: what exact tiling
+    needs (``Plan.geometry``).
+
+    ``scale``: output pixels per input pixel (``Fraction``s: 2 after a x2 pixel shuffle, 1/2
+    after a stride-2 convolution); ``None`` when a step's effect on resolution is not known.
+    ``reach``: ``((up, down), (left, right))``: the output pixels over input pixel ``c`` (the
+    ``scale x scale`` block at ``scale * c``) depend on input rows ``c - up .. c + down`` and
+    columns alike; exact for dense kernels, composed step by step on each value's own grid;
+    ``None`` when a step's reach is not known. ``size_offset``: output size minus ``scale``
+    times the input size at the plan's example input (``(-12, -12)`` for an unpadded SRCNN),
+    ``None`` without shapes. ``problem``: why tiles cannot reproduce whole-image inference
+    exactly, or ``None``. ``unknown``: the first step whose reach or effect on resolution the
+    planner does not model (why ``reach`` or ``scale`` is ``None``), or ``None``.
+    """
+
+    scale: tuple[Fraction, Fraction] | None
+    reach: tuple[tuple[int, int], tuple[int, int]] | None
+    size_offset: tuple[int, int] | None
+    problem: str | None
+    unknown: str | None = None
+
+    @property
+    def radius(self) -> int | None:
+        """The largest reach in any direction, in input pixels (a tile's halo)."""
+        if self.reach is None:
+            return None
+        return max(0, *(r for axis in self.reach for r in axis))
+
+
+_ONE = (Fraction(1), Fraction(1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Conv:
+    """A 2-D convolution's geometry: kernel, stride, dilation, padding before, per axis."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[int, int] | str
+    transposed: bool
+
+    def before(self, axis: int) -> int:
+        p = self.padding
+        if isinstance(p, str):  # "same" pads d (k - 1) // 2 before, the rest after
+            return 0 if p == "valid" else self.dilation[axis] * (self.kernel[axis] - 1) // 2
+        return p[axis]
+
+    @property
+    def factor(self) -> tuple[Fraction, Fraction]:
+        return tuple(Fraction(s) if self.transposed else Fraction(1, s) for s in self.stride)
+
+    def back(self, axis: int, a: int, b: int) -> tuple[int, int]:
+        """The input pixels outputs ``a..b`` read along ``axis``."""
+        k, s, d, p = self.kernel[axis], self.stride[axis], self.dilation[axis], self.before(axis)
+        if self.transposed:  # out o = s i - p + d j, j < k
+            return -((-(a + p - d * (k - 1))) // s), (b + p) // s
+        return s * a - p, s * b - p + d * (k - 1)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _functional_conv(step: TorchStep, shapes: dict) -> _Conv | None:
+    """``F.conv2d`` / ``F.conv_transpose2d`` (a conv subclass with its own forward, a bare conv
+    traced as the root) with its kernel read off the weight's propagated shape."""
+    transposed = step.target in (F.conv_transpose2d, torch.conv_transpose2d)
+    names = (("input", "weight", "bias", "stride", "padding", "output_padding", "groups", "dilation") if transposed
+             else ("input", "weight", "bias", "stride", "padding", "dilation", "groups"))
+    args = dict(zip(names, step.args)) | dict(step.kwargs)
+    weight = args.get("weight")
+    shape = shapes.get(weight.value) if isinstance(weight, Ref) else None
+    params = [args.get(n, 1 if n in ("stride", "dilation") else 0) for n in ("stride", "padding", "dilation")]
+    if shape is None or len(shape) != 4 or any(isinstance(v, Ref) for v in params):
+        return None
+    stride, padding, dilation = params
+    return _Conv(tuple(shape[2:]), _pair(stride), _pair(dilation),
+                 padding if isinstance(padding, str) else _pair(padding), transposed)
+
+
+_FUNCTIONAL_CONVS = (F.conv2d, torch.conv2d, F.conv_transpose2d, torch.conv_transpose2d)
+
+
+def _spatial_rule(step: Step, shapes: dict):
+    """``(factor, back)`` for a step: ``factor`` the per-axis resolution of its output over its
+    image input's; ``back(axis, a, b) -> (lo, hi)``: the pixels of that input that outputs
+    ``a..b`` read (every other image input is read at ``a..b``: a residual, a concatenation).
+    ``None`` for a step whose geometry is not known."""
+    if isinstance(step, ConvStep):
+        k, p = step.kernel, step.padding  # stride 1: the padding the fused kernel uses
+        if step.transposed:
+            return _ONE, lambda axis, a, b: (a + p[axis] - k[axis] + 1, b + p[axis])
+        return _ONE, lambda axis, a, b: (a - p[axis], b - p[axis] + k[axis] - 1)
     if step.kind == "get_attr":
-        return Fraction(0)
-    if step.kind == "call_function" and (step.target in _POINTWISE_FUNCTIONS or _is_check(step.target)):
-        return Fraction(0)
-    if step.kind == "call_function" and step.target in (F.pixel_shuffle, F.pixel_unshuffle, torch.pixel_shuffle,
-                                                       torch.pixel_unshuffle):
-        return Fraction(0)
-    if step.kind == "call_method" and step.target in _POINTWISE_METHODS:
-        return Fraction(0)
+        return _ONE, None
+    target = step.target
+    if step.kind == "call_function":
+        if target in _POINTWISE_FUNCTIONS or _is_check(target):
+            return _ONE, None
+        if target in _FUNCTIONAL_CONVS:
+            conv = _functional_conv(step, shapes)
+            return None if conv is None else (conv.factor, conv.back)
+        if target in (F.pixel_shuffle, torch.pixel_shuffle, F.pixel_unshuffle, torch.pixel_unshuffle):
+            r = step.args[1] if len(step.args) > 1 else step.kwargs.get("upscale_factor",
+                                                                         step.kwargs.get("downscale_factor"))
+            if not isinstance(r, int):
+                return None
+            return _shuffle_rule(r, target in (F.pixel_shuffle, torch.pixel_shuffle))
+        return None
+    if step.kind == "call_method":
+        return (_ONE, None) if target in _POINTWISE_METHODS else None
     if step.kind == "call_module":
-        m = step.target
-        if isinstance(m, _POINTWISE_MODULES + (nn.PixelShuffle, nn.PixelUnshuffle)):
-            return Fraction(0)
-        if isinstance(m, nn.modules.conv._ConvNd) and step.reads and step.reads[0] in scale:
-            s = scale[step.reads[0]]
-            k = max(m.kernel_size)
-            if isinstance(m, nn.modules.conv._ConvTransposeNd):  # output pixel o reads inputs
-                return Fraction(math.ceil(Fraction(k, max(m.stride)))) / s  # within k/stride
-            return Fraction((k - 1) // 2 * max(m.dilation)) / s
+        if isinstance(target, _POINTWISE_MODULES):
+            return _ONE, None
+        if isinstance(target, (nn.PixelShuffle, nn.PixelUnshuffle)):
+            shuffle = isinstance(target, nn.PixelShuffle)
+            return _shuffle_rule(target.upscale_factor if shuffle else target.downscale_factor, shuffle)
+        if isinstance(target, nn.Upsample) and target.mode == "nearest" and target.size is None:
+            f = target.scale_factor
+            f = f if isinstance(f, tuple) else (f, f)
+            if all(float(x).is_integer() for x in f):
+                f = tuple(int(x) for x in f)
+                return (Fraction(f[0]), Fraction(f[1])), lambda axis, a, b: (a // f[axis], b // f[axis])
+            return None
+        if isinstance(target, (nn.Conv2d, nn.ConvTranspose2d)):
+            conv = _Conv(tuple(target.kernel_size), tuple(target.stride), tuple(target.dilation),
+                         target.padding if isinstance(target.padding, str) else tuple(target.padding),
+                         isinstance(target, nn.ConvTranspose2d))
+            return conv.factor, conv.back
     return None
+
+
+def _shuffle_rule(r: int, shuffle: bool):
+    if shuffle:  # fine pixel q comes from coarse pixel q // r
+        return (Fraction(r), Fraction(r)), lambda axis, a, b: (a // r, b // r)
+    return (Fraction(1, r), Fraction(1, r)), lambda axis, a, b: (a * r, b * r + r - 1)
+
+
+def _value_scales(plan: Plan) -> tuple[dict[int, tuple[Fraction, Fraction]], str | None]:
+    """Each image-like value's per-axis resolution relative to the inputs (values computed
+    from the inputs; parameters have none), and the first step that loses it, described."""
+    scales = {v: _ONE for v in plan.inputs}
+    lost = None
+    for step in plan.steps:
+        image_inputs = [v for v in step.reads if v in scales]
+        if not image_inputs:
+            continue
+        rule = _spatial_rule(step, plan.shapes)
+        main = step.src if isinstance(step, ConvStep) else image_inputs[0]
+        if main not in scales:
+            continue
+        if rule is None or any(scales[v] != scales[main] for v in image_inputs):
+            lost = lost or f"step {step.name} ({step.describe()})"
+            continue
+        factor = rule[0]
+        scales[step.dst] = (scales[main][0] * factor[0], scales[main][1] * factor[1])
+    return scales, lost
+
+
+def _reach(plan: Plan, scales: dict) -> tuple[tuple[tuple[int, int], tuple[int, int]] | None, str | None]:
+    """The input pixels the output block over input pixel 0 reads, as ``((up, down), (left,
+    right))``, walking the steps backwards with the pixels each value must supply (the hull
+    of what its readers need); and the first step whose reach is unknown."""
+    need: dict[int, list[list[int]]] = {}
+
+    def merge(v, box):
+        old = need.get(v)
+        need[v] = box if old is None else [[min(o[0], n[0]), max(o[1], n[1])] for o, n in zip(old, box)]
+
+    for v in plan.output_values:
+        s = scales.get(v)
+        if s is None or any(x.denominator != 1 for x in s):
+            return None, None
+        merge(v, [[0, int(s[0]) - 1], [0, int(s[1]) - 1]])
+    for step in reversed(plan.steps):
+        box = need.pop(step.dst, None)
+        if box is None:
+            continue
+        image_inputs = [v for v in step.reads if v in scales]
+        if not image_inputs:
+            continue
+        rule = _spatial_rule(step, plan.shapes)
+        if rule is None:
+            return None, f"step {step.name} ({step.describe()})"
+        main = step.src if isinstance(step, ConvStep) else image_inputs[0]
+        for v in image_inputs:
+            if v == main and rule[1] is not None:
+                merge(v, [list(rule[1](axis, a, b)) for axis, (a, b) in enumerate(box)])
+            else:
+                merge(v, box)
+    boxes = [need[v] for v in plan.inputs if v in need]
+    if not boxes:
+        return ((0, 0), (0, 0)), None
+    lo = [min(b[axis][0] for b in boxes) for axis in (0, 1)]
+    hi = [max(b[axis][1] for b in boxes) for axis in (0, 1)]
+    return ((-lo[0], hi[0]), (-lo[1], hi[1])), None
+
+
+def _geometry(plan: Plan) -> Geometry:
+    scales, lost = _value_scales(plan)
+    outs = plan.output_values
+    out_scales = {scales.get(v) for v in outs}
+    scale = next(iter(out_scales)) if len(out_scales) == 1 else None
+    reach, unknown = _reach(plan, scales)
+    problem = offset = None
+    if scale is None and len(out_scales) > 1 and None not in out_scales:
+        problem = "its outputs have different resolutions"
+    elif scale is None:
+        pass  # not known (``lost`` says where): nothing to refuse, nothing to plan with
+    elif scale[0] != scale[1]:
+        problem = f"the output has {scale[0]} rows per input row but {scale[1]} columns per input column"
+    elif scale[0].denominator != 1 or scale[0] < 1:
+        problem = (f"the output has {scale[0]} pixels per input pixel: tiles would have to start at multiples "
+                   f"of {scale[0].denominator} input pixels")
+    if problem is None:
+        low = [(v, s) for v, s in scales.items() if any(x.denominator != 1 for x in s)]
+        if low:
+            v, s = low[0]
+            problem = (f"{plan.names.get(v, f'%{v}')} is at {s[0]} x {s[1]} of the input's resolution: a tile "
+                       f"gives the same result as the whole image only if it starts at a multiple of "
+                       f"{max(x.denominator for x in s)} input pixels, which tiling does not do")
+    if problem is None:
+        circular = [s.name for s in plan.torch_steps if s.kind == "call_module"
+                    and isinstance(s.target, nn.modules.conv._ConvNd) and s.target.padding_mode == "circular"]
+        if circular:
+            problem = f"{circular[0]} pads circularly: a tile would wrap around itself, not the image"
+    if scale is not None and plan.example_shapes and len(plan.example_shapes[0]) == 4:
+        h, w = plan.example_shapes[0][2:]
+        shapes = [plan.shapes.get(v) for v in outs]
+        if shapes and all(s is not None and len(s) == 4 for s in shapes):
+            oh, ow = shapes[0][2:]
+            offset = (int(oh - scale[0] * h), int(ow - scale[1] * w)) if all(
+                (x * n).denominator == 1 for x, n in zip(scale, (h, w))) else None
+            if problem is None and offset is not None and offset != (0, 0):
+                problem = (f"its output is {oh}x{ow} for a {h}x{w} input, not {scale[0] * h}x{scale[1] * w} "
+                           f"(scale {scale[0]}"
+                           + (": unpadded convolutions trim its border" if max(offset) < 0 else "") + ")")
+    return Geometry(scale, reach, offset, problem, unknown or lost)
 
 
 def _is_check(fn) -> bool:

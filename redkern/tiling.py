@@ -1,12 +1,20 @@
-"""Exact tiled inference: any RED model over an image of any size, one tile at a time.
+"""Exact tiled inference: any network over an image of any size, one tile at a time.
 
-A RED output pixel depends on the input within ``model.receptive_field_radius`` pixels (one
-per 3x3 layer). So each tile's *window* is fed to the model with a *halo* of at least that
-radius around the *core* it keeps; the core is cropped out (never blended) and the cores
-tile the image exactly. At the true image border the window is clamped to the image, not
-padded, so the model sees the same zero padding as on the whole image; edge windows are
-shifted inward so every window has the same shape (the whole image, along an axis shorter
-than the tile). The result equals whole-image inference to float rounding.
+An output pixel depends on the input within the model's receptive field radius (one pixel
+per 3x3 layer for RED; ``receptive_field``). So each tile's *window* is fed to the model with
+a *halo* of at least that radius around the *core* it keeps; the core is cropped out (never
+blended) and the cores tile the image exactly. At the true image border the window is clamped
+to the image, not padded, so the model sees the same zero padding as on the whole image; edge
+windows are shifted inward so every window has the same shape (the whole image, along an
+axis shorter than the tile). The result equals whole-image inference to float rounding.
+
+Upsamplers (EDSR, SRResNet, ESPCN, FSRCNN...) tile the same way: tiles are planned on the
+input grid, and a network of scale ``s`` (output pixels per input pixel along each axis, read
+off its layer plan) turns a window into ``s`` times as many rows and columns, of which the
+``s * core`` block is kept and written at ``s`` times the core's place (``Tile.out_core``).
+The radius is counted in input pixels. Networks whose output is not exactly ``s`` times the
+input (unpadded convolutions, a transposed convolution without the right ``output_padding``)
+are refused with the reason.
 
 Three entry points, from the top down:
 
@@ -36,8 +44,9 @@ import torch
 
 log = logging.getLogger("redkern")
 
-__all__ = ["Tile", "TiledRun", "InexactTilingWarning", "plan_tiles", "resolve_halo", "tiled",
-           "run_tiled", "restore_file", "prepare_restore", "RestoreJob", "tile_overhead", "smallest_window"]
+__all__ = ["Tile", "TiledRun", "InexactTilingWarning", "ReceptiveField", "receptive_field", "plan_tiles",
+           "resolve_halo", "tiled", "run_tiled", "restore_file", "prepare_restore", "RestoreJob", "tile_overhead",
+           "smallest_window"]
 
 
 class InexactTilingWarning(UserWarning):
@@ -46,18 +55,31 @@ class InexactTilingWarning(UserWarning):
 
 @dataclasses.dataclass(frozen=True)
 class Tile:
-    """One model call's worth of image, in image coordinates ``(rows, cols)``.
+    """One model call's worth of image, in input image coordinates ``(rows, cols)``.
 
     ``window``: the region fed to the model; ``core``: the part of its output that is kept.
-    ``crop``: the core in window coordinates.
+    ``crop``: the core in window coordinates. ``scale``: the model's output pixels per input
+    pixel; ``out_core`` and ``out_crop`` are the core in output image and output window
+    coordinates (``core`` and ``crop`` themselves at scale 1).
     """
 
     window: tuple[slice, slice]
     core: tuple[slice, slice]
+    scale: int = 1
 
     @property
     def crop(self) -> tuple[slice, slice]:
         return tuple(slice(c.start - w.start, c.stop - w.start) for c, w in zip(self.core, self.window))
+
+    @property
+    def out_core(self) -> tuple[slice, slice]:
+        s = self.scale
+        return tuple(slice(s * c.start, s * c.stop) for c in self.core)
+
+    @property
+    def out_crop(self) -> tuple[slice, slice]:
+        s = self.scale
+        return tuple(slice(s * c.start, s * c.stop) for c in self.crop)
 
     @property
     def core_pixels(self) -> int:
@@ -97,30 +119,37 @@ def _check_tile(tile):
     return tile
 
 
-def plan_tiles(height: int, width: int, tile, halo: int) -> list[Tile]:
-    """The tiles covering a ``height x width`` image, row by row.
+def plan_tiles(height: int, width: int, tile, halo: int, scale: int = 1) -> list[Tile]:
+    """The tiles covering a ``height x width`` input image, row by row.
 
     ``tile``: the window size fed to the model, an int or ``(rows, cols)``; it is clamped to
-    the image. ``halo``: context kept around every interior core edge.
+    the image. ``halo``: context kept around every interior core edge, in input pixels.
+    ``scale``: the model's output pixels per input pixel (``Tile.out_core``); the plan over
+    the input grid is the same for every scale.
     """
     th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
     if min(height, width) < 1 or min(th, tw) < 1 or halo < 0:
         raise ValueError(f"need height, width, tile >= 1 and halo >= 0, got image {height}x{width}, "
                          f"tile {tile}, halo {halo}")
-    return [Tile((slice(wy0, wy1), slice(wx0, wx1)), (slice(cy0, cy1), slice(cx0, cx1)))
+    if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
+        raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
+    return [Tile((slice(wy0, wy1), slice(wx0, wx1)), (slice(cy0, cy1), slice(cx0, cx1)), scale)
             for wy0, wy1, cy0, cy1 in _axis_spans(height, th, halo)
             for wx0, wx1, cx0, cx1 in _axis_spans(width, tw, halo)]
 
 
 def tile_overhead(tiles: list[Tile], height: int, width: int) -> float:
-    """Pixels the model computes over pixels kept: 1.0 for one window, more as halos repeat."""
+    """Pixels the model computes over pixels kept: 1.0 for one window, more as halos repeat.
+    The same at every scale: an upsampler's window and core grow alike (``height``/``width``:
+    the input's)."""
     computed = sum((t.window[0].stop - t.window[0].start) * (t.window[1].stop - t.window[1].start) for t in tiles)
     return computed / (height * width)
 
 
 def smallest_window(height: int, width: int, halo: int, max_overhead: float) -> int:
     """The smallest square window whose tiles of a ``height x width`` image cost at most
-    ``max_overhead`` times whole-image inference."""
+    ``max_overhead`` times whole-image inference: input pixels (``halo`` too), whatever the
+    model's scale, since the overhead is a ratio the scale cancels from."""
     def fits(t):
         return t >= max(height, width) or tile_overhead(plan_tiles(height, width, t, halo), height, width) <= max_overhead
 
@@ -133,15 +162,67 @@ def smallest_window(height: int, width: int, halo: int, max_overhead: float) -> 
     return tile
 
 
+@dataclasses.dataclass(frozen=True)
+class ReceptiveField:
+    """What tiling needs to know about a model: ``radius``, the input pixels an output pixel
+    depends on in any direction (``None``: unknown, a halo must be given); ``scale``, its
+    output pixels per input pixel along each axis; ``source``: where these were read (the
+    model's ``receptive_field_radius``, its layer plan) and, where planning failed, why."""
+
+    radius: int | None
+    scale: int
+    source: str
+
+
+def receptive_field(model) -> ReceptiveField:
+    """The receptive field radius (input pixels) and scale of ``model``, read off its layer
+    plan (``Plan.geometry``): a fused model's own plan, or ``redkern.plan(model)`` for a plain
+    module. A model with a ``receptive_field_radius`` attribute (RED-Net, or a wrapper that
+    states it) is taken at its word, at scale 1, and not traced: tracing runs a forward's
+    Python, which a wrapper may count or log. Raises ``ValueError`` naming the model when its
+    plan shows tiles cannot reproduce whole-image inference (an output that is not exactly
+    ``scale`` times the input, a fractional or per-axis scale); a model that does not trace is
+    assumed to keep the input's size, which each tile's output then confirms."""
+    from .layer_plan import Plan, PlanError, plan
+
+    name = type(model).__name__
+    declared = getattr(model, "receptive_field_radius", None)
+    own = getattr(model, "plan", None) if hasattr(model, "_redkern_reference_class") else None
+    if declared is not None and not isinstance(own, Plan):
+        return ReceptiveField(int(declared), 1, f"{name}.receptive_field_radius")
+    if isinstance(own, Plan):
+        found, source = own, f"the layer plan of {name}"
+    else:
+        try:
+            found, source = plan(model), f"redkern.plan({name})"
+        except PlanError as e:
+            return ReceptiveField(None, 1, f"{name} has no receptive_field_radius and its layer plan failed: {e}")
+    g = found.geometry()
+    if g.problem is not None:
+        raise ValueError(f"{name} cannot be tiled exactly: {g.problem}")
+    radius = int(declared) if declared is not None else g.radius
+    if g.unknown is not None and (radius is None or g.scale is None):
+        source += f": {g.unknown} is not modelled" + ("" if g.scale is not None else
+                                                      "; its scale is taken as 1, and checked on every tile")
+    return ReceptiveField(radius, 1 if g.scale is None else int(g.scale[0]), source)
+
+
 def resolve_halo(model, halo: int | None, allow_inexact: bool = False) -> int:
-    """The halo to use: the model's receptive field radius by default; a smaller one only with
-    ``allow_inexact`` (and an ``InexactTilingWarning``)."""
-    radius = getattr(model, "receptive_field_radius", None)
+    """The halo to use, in input pixels: the model's receptive field radius by default
+    (``receptive_field``); a smaller one only with ``allow_inexact`` (and an
+    ``InexactTilingWarning``)."""
+    return _resolve(model, halo, allow_inexact)[0]
+
+
+def _resolve(model, halo: int | None, allow_inexact: bool) -> tuple[int, int]:
+    """``(halo, scale)``: ``resolve_halo``'s answer and the model's scale, planned once."""
+    field = receptive_field(model)
+    radius = field.radius
     if halo is None:
         if radius is None:
-            raise ValueError(f"{type(model).__name__} has no receptive_field_radius; pass halo= "
-                             "(pixels each output depends on in every direction)")
-        return int(radius)
+            raise ValueError(f"{type(model).__name__}: no receptive field radius is known ({field.source}); "
+                             "pass halo= (pixels each output depends on in every direction)")
+        return int(radius), field.scale
     if halo < 0:
         raise ValueError(f"halo must be >= 0, got {halo}")
     if radius is not None and halo < radius:
@@ -150,7 +231,7 @@ def resolve_halo(model, halo: int | None, allow_inexact: bool = False) -> int:
         if not allow_inexact:
             raise ValueError(message + "; pass allow_inexact=True (--allow-inexact) to accept that")
         warnings.warn(message, InexactTilingWarning, stacklevel=_outside_redkern())
-    return int(halo)
+    return int(halo), field.scale
 
 
 def _outside_redkern() -> int:
@@ -163,7 +244,8 @@ def _outside_redkern() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TiledRun:
-    """What a tiled run did: image size, tiles, and how fast."""
+    """What a tiled run did: input image size, tiles, and how fast (megapixels of input);
+    ``scale``: output pixels per input pixel."""
 
     height: int
     width: int
@@ -174,6 +256,7 @@ class TiledRun:
     batch: int
     device: str
     seconds: float
+    scale: int = 1
 
     @property
     def megapixels(self) -> float:
@@ -267,7 +350,7 @@ def _write_batch(sink, group, y, done, contexts):
         done.synchronize()
     n = y.shape[0] // len(group)
     for k, (tile, context) in enumerate(zip(group, contexts)):
-        rows, cols = tile.crop
+        rows, cols = tile.out_crop
         sink.write(tile, y[k * n:(k + 1) * n, :, rows, cols], context)
     if y.is_cuda:  # this thread's copies out of y finish before y's memory can be reused
         torch.cuda.current_stream(y.device).synchronize()
@@ -299,17 +382,20 @@ def run_tiled(model, source, sink, *, tile=512, halo: int | None = None, batch: 
 
     ``source`` has ``height``, ``width`` and ``read(tile) -> (x, context)`` with ``x`` a float
     tensor ``[N, C, h, w]`` of ``tile.window`` (any device); ``sink`` has
-    ``write(tile, y, context)``, called with ``y`` the model's output on ``tile.core``, on
-    ``x``'s device and dtype, and the context ``read`` returned. Reads run ``prefetch``
+    ``write(tile, y, context)``, called with ``y`` the model's output on ``tile.core`` (the
+    output region ``tile.out_core`` for an upsampler), on ``x``'s device and dtype, and the
+    context ``read`` returned. Reads run ``prefetch``
     batches ahead in one thread and writes trail in another, in tile order; tiles move to the
     model's device and dtype. ``tile``: the window size (int or ``(rows, cols)``);
-    ``halo``: see ``resolve_halo``; ``batch``: tiles per model call.
+    ``halo``: see ``resolve_halo``; ``batch``: tiles per model call. The model's scale is
+    read off its plan (``receptive_field``); every output is checked to be that many times
+    its tile.
     Any error or interrupt stops the run after the read and write in flight, then goes on.
     """
     if batch < 1 or prefetch < 1:
         raise ValueError(f"batch and prefetch must be >= 1, got {batch} and {prefetch}")
-    halo = resolve_halo(model, halo, allow_inexact)
-    tiles = plan_tiles(source.height, source.width, tile, halo)
+    halo, scale = _resolve(model, halo, allow_inexact)
+    tiles = plan_tiles(source.height, source.width, tile, halo, scale)
     return _run(model, source, sink, tiles, halo, batch, quiet, prefetch, desc)
 
 
@@ -317,6 +403,7 @@ def _run(model, source, sink, tiles: list[Tile], halo: int, batch: int, quiet: b
          desc: str) -> TiledRun:
     """The engine of ``run_tiled``, on tiles already planned."""
     groups = [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
+    scale = tiles[0].scale
     device, dtype = _model_device_dtype(model)
     transfers = _Transfers(device, dtype)
     progress = _Progress(len(tiles), quiet, desc)
@@ -334,9 +421,11 @@ def _run(model, source, sink, tiles: list[Tile], halo: int, batch: int, quiet: b
             images = x.shape[0] // len(group)
             with torch.no_grad():
                 y = model(transfers.to_model(x))
-            if y.dim() != 4 or y.shape[0] != x.shape[0] or y.shape[2:] != x.shape[2:]:
-                raise ValueError(f"the model turned a tile batch of shape {tuple(x.shape)} into "
-                                 f"{tuple(y.shape)}; tiling needs outputs of the input's size")
+            want = (scale * x.shape[2], scale * x.shape[3])
+            if y.dim() != 4 or y.shape[0] != x.shape[0] or tuple(y.shape[2:]) != want:
+                raise ValueError(f"{type(model).__name__} turned a tile batch of shape {tuple(x.shape)} into "
+                                 f"{tuple(y.shape)}; tiling needs outputs of {want[0]}x{want[1]} pixels "
+                                 + ("(the input's size)" if scale == 1 else f"({scale} times the input's size)"))
             y, done = transfers.to_source(y, x)
             writes.append((group, writers.submit(_write_batch, sink, group, y, done, contexts)))
             while len(writes) > prefetch:
@@ -353,13 +442,14 @@ def _run(model, source, sink, tiles: list[Tile], halo: int, batch: int, quiet: b
         progress.close()
     th, tw = tiles[0].window[0].stop - tiles[0].window[0].start, tiles[0].window[1].stop - tiles[0].window[1].start
     return TiledRun(source.height, source.width, images, len(tiles), (th, tw), halo, batch,
-                    str(device), time.perf_counter() - progress.start)
+                    str(device), time.perf_counter() - progress.start, scale)
 
 
 # --- tensors in memory --------------------------------------------------------------------
 
 class _TensorTiles:
-    """Source and sink over an ``[N, C, H, W]`` tensor; the output is made on first write."""
+    """Source and sink over an ``[N, C, H, W]`` tensor; the output (``scale`` times the
+    rows and columns) is made on first write."""
 
     def __init__(self, image: torch.Tensor):
         self.image, self.out = image, None
@@ -370,9 +460,10 @@ class _TensorTiles:
 
     def write(self, tile, y, context):
         if self.out is None:
-            self.out = torch.empty((self.image.shape[0], y.shape[1], self.height, self.width),
+            s = tile.scale
+            self.out = torch.empty((self.image.shape[0], y.shape[1], s * self.height, s * self.width),
                                    dtype=self.image.dtype, device=self.image.device)
-        rows, cols = tile.core
+        rows, cols = tile.out_core
         if _on_host(self.out, y):
             self.out.numpy()[:, :, rows, cols] = y.numpy()
         else:
@@ -381,13 +472,15 @@ class _TensorTiles:
 
 def tiled(model, image: torch.Tensor, *, tile=512, halo: int | None = None, batch: int = 1,
           allow_inexact: bool = False, quiet: bool = False) -> torch.Tensor:
-    """``model(image)`` computed tile by tile; equal to it to float rounding.
+    """``model(image)`` computed tile by tile; equal to it to float rounding, for upsamplers
+    too (an ``[N, C', s H, s W]`` result for a network of scale ``s``).
 
     ``image``: floating ``[N, C, H, W]`` (or ``[C, H, W]``), any size and device; tiles move
     to the model's device and dtype and results come back to ``image``'s. ``tile``: window
     size fed to the model (int or ``(rows, cols)``, clamped to the image); ``halo``: context
-    around each kept core, ``model.receptive_field_radius`` by default (smaller only with
-    ``allow_inexact=True``, with a warning); ``batch``: tiles per model call; ``quiet``: no
+    around each kept core in input pixels, the model's receptive field radius by default
+    (``receptive_field``: its ``receptive_field_radius``, else its layer plan; smaller only
+    with ``allow_inexact=True``, with a warning); ``batch``: tiles per model call; ``quiet``: no
     progress bar (there is none anyway when stderr is not a terminal).
     """
     if not isinstance(image, torch.Tensor) or image.dim() not in (3, 4) or not image.is_floating_point():
@@ -409,7 +502,9 @@ def tiled(model, image: torch.Tensor, *, tile=512, halo: int | None = None, batc
 # --- files --------------------------------------------------------------------------------
 
 class _FileTiles:
-    """Source and sink over image files: pixels -> model channels (``ChannelPlan``) -> pixels."""
+    """Source and sink over image files: pixels -> model channels (``ChannelPlan``) -> pixels.
+    At scale ``s`` the chroma and alpha that pass by the model are repeated ``s x s`` (nearest
+    neighbour: tile by tile exactly what the whole image gets)."""
 
     def __init__(self, reader, writer, plan):
         self.reader, self.writer, self.plan = reader, writer, plan
@@ -421,7 +516,17 @@ class _FileTiles:
 
     def write(self, tile, y, pixels):
         rows, cols = tile.crop
-        self.writer.write(*tile.core, self.plan.image_output(y[0].numpy(), pixels[rows, cols]))
+        kept = pixels[rows, cols]
+        if tile.scale > 1 and (self.plan.luma or self.plan.alpha):
+            kept = kept.repeat(tile.scale, axis=0).repeat(tile.scale, axis=1)
+        self.writer.write(*tile.out_core, self.plan.image_output(y[0].numpy(), kept))
+
+
+def _input_channels(model) -> int | None:
+    """The channels the model's first convolution takes (zoo networks keep no ``channels``)."""
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None) \
+        if isinstance(model, torch.nn.Module) else None
+    return None if first is None else first.in_channels
 
 
 @dataclasses.dataclass
@@ -440,6 +545,11 @@ class RestoreJob:
     quiet: bool
 
     @property
+    def scale(self) -> int:
+        """Output pixels per input pixel: the target is ``scale`` times the source's size."""
+        return self.tiles[0].scale
+
+    @property
     def tile_shape(self) -> tuple[int, int]:
         w = self.tiles[0].window
         return (w[0].stop - w[0].start, w[1].stop - w[1].start)
@@ -450,7 +560,8 @@ class RestoreJob:
         reader = self.reader
         log.info("%s: %dx%d, %d channel(s), %s; restoring %s", reader.path, reader.height, reader.width,
                  reader.channels, reader.dtype, self.channels.describe())
-        with imageio.create_image(self.target, reader.height, reader.width, reader.channels,
+        s = self.scale
+        with imageio.create_image(self.target, s * reader.height, s * reader.width, reader.channels,
                                   self.channels.out_dtype, alpha=reader.alpha, overwrite=self.overwrite,
                                   bigtiff=reader.bigtiff or None, source=reader.path, checked=True) as writer:
             tiles = _FileTiles(reader, writer, self.channels)
@@ -470,13 +581,13 @@ def prepare_restore(model, reader, target, *, tile=512, halo: int | None = None,
 
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
-    model_channels = getattr(model, "channels", reader.channels - int(reader.alpha))
+    model_channels = getattr(model, "channels", None) or _input_channels(model) or reader.channels - int(reader.alpha)
     out_dtype = reader.dtype if out_dtype is None else out_dtype
     channels = imageio.ChannelPlan(reader.channels, reader.alpha, model_channels, out_dtype)
-    imageio.check_output(target, reader.height, reader.width, reader.channels, channels.out_dtype,
+    halo, scale = _resolve(model, halo, allow_inexact)
+    imageio.check_output(target, scale * reader.height, scale * reader.width, reader.channels, channels.out_dtype,
                          alpha=reader.alpha, overwrite=overwrite, source=reader.path, path_checked=path_checked)
-    halo = resolve_halo(model, halo, allow_inexact)
-    tiles = plan_tiles(reader.height, reader.width, _check_tile(tile), halo)
+    tiles = plan_tiles(reader.height, reader.width, _check_tile(tile), halo, scale)
     if max_overhead is not None:
         overhead = tile_overhead(tiles, reader.height, reader.width)
         if overhead > max_overhead:
@@ -497,7 +608,8 @@ def restore_file(model, source, target, *, tile=512, halo: int | None = None, ba
     ``target`` appears only when complete; on an error or interrupt it is left as it was and
     no temporary remains. ``out_dtype``: the target's pixel type, the source's by default.
     Colour images with a 1-channel model have their luminance restored and chroma kept;
-    alpha passes through (``imageio.ChannelPlan``). Other arguments as for ``tiled``.
+    alpha passes through (``imageio.ChannelPlan``). An upsampler of scale ``s`` writes a
+    target of ``s`` times the rows and columns (chroma and alpha repeated ``s x s``). Other arguments as for ``tiled``.
     Raises ``imageio.ImageError`` subclasses for unreadable or unwritable files.
     """
     from . import imageio

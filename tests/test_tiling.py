@@ -176,11 +176,15 @@ def test_a_tile_with_no_room_for_a_core_is_refused():
 
 
 def test_a_model_without_a_radius_needs_a_halo():
+    """A plain module's radius is read off its layer plan; where the plan has an operation
+    whose reach it does not model (average pooling here), a halo must be given."""
     conv = torch.nn.Conv2d(1, 1, 3, padding=1)
     x = torch.rand(1, 1, 30, 30)
+    torch.testing.assert_close(tiled(conv, x, tile=10, quiet=True), whole(conv, x), atol=ATOL, rtol=0)
+    pooled = torch.nn.Sequential(conv, torch.nn.AvgPool2d(3, stride=1, padding=1))
     with pytest.raises(ValueError, match="pass halo="):
-        tiled(conv, x, tile=10, quiet=True)
-    torch.testing.assert_close(tiled(conv, x, tile=10, halo=1, quiet=True), whole(conv, x), atol=ATOL, rtol=0)
+        tiled(pooled, x, tile=10, quiet=True)
+    torch.testing.assert_close(tiled(pooled, x, tile=10, halo=2, quiet=True), whole(pooled, x), atol=ATOL, rtol=0)
 
 
 # --- interrupts and errors leave nothing behind -------------------------------------------
