@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     model = argparse.ArgumentParser(add_help=False)
     m = model.add_argument_group("model")
     m.add_argument("--model", metavar="NAME", help="the network: red10, red20, red30 (default: from --weights, "
-                   "else red30) or a same-size zoo model (" + ", ".join(_zoo_names()) + "; redkern info "
+                   "else red30) or a zoo model (" + ", ".join(_zoo_names()) + "; redkern info "
                    "lists them all)")
     m.add_argument("--weights", metavar="FILE", help="a RED-Net state_dict (torch.save), or with --model NAME "
                    "a checkpoint of that network in redkern's, KAIR's or BasicSR's layout; "
@@ -330,7 +330,7 @@ def _build_zoo_model(args):
         raise UsageError(f"--model {name}: {', '.join('--' + k for k in options)} does not apply ({e})") from None
     except ValueError as e:
         raise UsageError(f"--model {name}: {e}") from None
-    _refuse_size_change(model, name)
+    _check_tileable(model, name)
     if not args.weights:
         print(f"redkern: note: no --weights given, so {name} has RANDOM weights (seed 0): the output shows "
               "speed, not restoration", file=sys.stderr)
@@ -352,24 +352,16 @@ def _build_zoo_model(args):
                   f"{args.dtype} on {device}, {weights})"
 
 
-def _refuse_size_change(model, name: str) -> None:
-    """Tiled restore keeps each tile's size: a network whose output is larger (or smaller)
-    than its input is refused here, in one place, until ``redkern.tiling`` handles it."""
-    import redkern
+def _check_tileable(model, name: str) -> None:
+    """Tiles must reproduce whole-image inference: a network whose output is not exactly
+    ``scale`` times its input (SRCNN's unpadded convolutions trim the border) is refused here,
+    with the reason its layer plan gives (``redkern.tiling.receptive_field``)."""
+    from .tiling import receptive_field
 
     try:
-        plan = redkern.plan(model)
-    except redkern.PlanError:
-        return
-    inp, out = plan.example_shapes[0], plan.shapes.get(plan.output_values[0]) if plan.output_values else None
-    if out is not None and len(out) == 4 and tuple(out[2:]) != tuple(inp[2:]):
-        how = f"enlarges the image {out[2] / inp[2]:g}x" if out[2] > inp[2] else "shrinks the image"
-        raise UsageError(f"--model {name} {how}: tiled restore of networks whose output size differs from "
-                         f"their input is not supported yet; same-size models: "
-                         f"{', '.join(sorted(DEPTHS) + [n for n in _zoo_names() if n in _SAME_SIZE])}")
-
-
-_SAME_SIZE = ("dncnn_b", "dncnn_s", "vdsr")  # named in the message above (test_cli checks them)
+        receptive_field(model)
+    except ValueError as e:
+        raise UsageError(f"--model {name}: {e}") from None
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -398,7 +390,9 @@ def _restore(args) -> int:
             raise UsageError(_cli_words(str(e))) from e
         logging.getLogger("redkern").info("model: %s", description)
         run = job.run()
-    print(f"wrote {args.output}: {run.height}x{run.width}, {_tiles(run.tiles, run.tile_shape, run.halo)}, "
+    size = f"{run.height}x{run.width}" + (f" -> {run.scale * run.height}x{run.scale * run.width} "
+                                          f"(x{run.scale})" if run.scale != 1 else "")
+    print(f"wrote {args.output}: {size}, {_tiles(run.tiles, run.tile_shape, run.halo)}, "
           f"{run.megapixels:.3g} MP in {run.seconds:.2f} s ({run.megapixels_per_second:.3g} MP/s) on {run.device}")
     return 0
 
@@ -515,8 +509,8 @@ def _info(args) -> int:
         why = "torch built without CUDA" if torch.version.cuda is None else "no CUDA device visible"
         print(f"cuda: none ({why})")
     print(f"image formats: {_formats()}")
-    print(f"models: {', '.join(redkern.list_models())} (redkern restore --model NAME --weights FILE: the "
-          "same-size ones; KAIR, BasicSR and redkern checkpoint layouts)")
+    print(f"models: {', '.join(redkern.list_models())} (redkern restore --model NAME --weights FILE; "
+          "KAIR, BasicSR and redkern checkpoint layouts)")
     return 0
 
 

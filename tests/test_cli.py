@@ -565,11 +565,30 @@ def test_a_zoo_checkpoint_that_does_not_fit_is_one_line_naming_keys(tmp_path, ca
     assert not (tmp_path / "o.png").exists()
 
 
-def test_upsamplers_are_refused_until_tiling_handles_them(tmp_path, capsys, photo):
-    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "edsr_baseline", "--features", "8")
-    assert code == cli.EXIT_USAGE and "enlarges the image 2x" in err and "not supported yet" in err
-    for name in cli._SAME_SIZE:  # the message names only models that do restore tile by tile
-        cli._refuse_size_change(redkern.create_model(name), name)
-    with pytest.raises(cli.UsageError, match="srcnn shrinks the image"):  # the paper's unpadded convolutions
-        cli._refuse_size_change(redkern.create_model("srcnn"), "srcnn")
+def test_restore_with_an_upsampler_equals_whole_image_inference(tmp_path, capsys, rng):
+    """ESPCN x3 from a redkern checkpoint: tiles of the input, each window's output written at
+    three times its core; the whole file equals one forward of the module."""
+    model = _fresh(redkern.create_model("espcn"))
+    torch.save(model.state_dict(), tmp_path / "w.pth")
+    image = rng.random((45, 38), dtype=np.float32)
+    np.save(tmp_path / "in.npy", image)
+    code = cli.main(["restore", str(tmp_path / "in.npy"), str(tmp_path / "out.npy"), "--model", "espcn",
+                     "--weights", str(tmp_path / "w.pth"), "--tile", "20"])
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    assert "45x38 -> 135x114 (x3), 12 tiles of 20x20 (halo 4)" in said.out, said.out
+    out = np.load(tmp_path / "out.npy")
+    assert out.shape == (135, 114)
+    x = torch.from_numpy(image)[None, None]
+    with torch.no_grad():  # the same kernels on the whole image; the module to its rounding
+        whole = redkern.fuse(model)(x)[0, 0].numpy()
+        want = model.double()(x.double())[0, 0].numpy()
+    np.testing.assert_allclose(out, whole, rtol=0, atol=1e-5 * np.abs(whole).max())
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-4 * np.abs(want).max())
+
+
+def test_a_network_tiles_cannot_reproduce_is_refused_with_the_plans_reason(tmp_path, capsys, photo):
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "srcnn")
+    assert code == cli.EXIT_USAGE and "--model srcnn" in err and "cannot be tiled exactly" in err, err
+    assert not (tmp_path / "o.png").exists()
     assert cli.main(["info"]) == 0 and "models: dncnn_b, dncnn_s, drcn, drrn" in capsys.readouterr().out
