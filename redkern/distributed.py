@@ -323,17 +323,50 @@ def loaded_models() -> dict[str, int]:
         return {key[0]: n for key, n in _LOADS.items()}
 
 
-def _set_threads(threads: int | None) -> int:
-    """``torch.set_num_threads``: ``threads``, else in a Dask worker its cores per task slot;
-    outside a worker without ``threads``, leave the caller's setting alone. Returns the count."""
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on macOS or Windows
+        return os.cpu_count() or 1
+
+
+def _set_threads(threads: int | None, by_host: dict | None = None) -> int:
+    """``torch.set_num_threads``: ``threads``, else this host's share in ``by_host`` (its cores
+    over every task slot of the workers on it), else in a Dask worker its cores per task slot;
+    outside a worker without either, the caller's setting is left alone. Returns the count."""
     if threads is None:
         with contextlib.suppress(ImportError, ValueError):
             from distributed import get_worker
 
-            threads = max(1, (os.cpu_count() or 1) // max(1, get_worker().state.nthreads))
+            worker = get_worker()
+            threads = (by_host or {}).get(_host_of(worker.address)) or max(1, _cores() // max(1, worker.state.nthreads))
     if threads is not None and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def _host_of(address: str) -> str:
+    return address.split("://")[-1].rsplit(":", 1)[0]
+
+
+def _threads_by_host(client) -> dict[str, int]:
+    """Per host: its cores over the task slots of all its workers (so co-located workers share)."""
+    workers = _workers(client)
+    cores = client.run(_cores)
+    slots, have = {}, {}
+    for address, info in workers.items():
+        host = _host_of(address)
+        slots[host] = slots.get(host, 0) + int(info.get("nthreads", 1))
+        have[host] = cores.get(address, have.get(host, 1))
+    return {host: max(1, have[host] // max(1, n)) for host, n in slots.items()}
+
+
+def _workers(client) -> dict:
+    """Every worker's info (``scheduler_info`` lists only the first 5 unless asked for all)."""
+    import inspect
+
+    everyone = {"n_workers": -1} if "n_workers" in inspect.signature(client.scheduler_info).parameters else {}
+    return client.scheduler_info(**everyone).get("workers", {})
 
 
 # --- the work of one chunk ----------------------------------------------------------------
@@ -393,6 +426,7 @@ class _Job:
     model_channels: int
     out_dtype: str
     threads: int | None
+    threads_by_host: dict | None = None
 
     @property
     def height(self):
@@ -468,7 +502,7 @@ def _open_target(target, mode="r+"):
 def _run_chunk(job: _Job, i: int, j: int) -> dict:
     """Restore chunk ``(i, j)`` of ``job``'s output: read, compute, write. Returns what it did."""
     start = time.perf_counter()
-    threads = _set_threads(job.threads)
+    threads = _set_threads(job.threads, job.threads_by_host)
     model = _model_for(job.spec)
     rows, cols = job.region(i, j)
     tiles = chunk_tiles(rows, cols, job.height, job.width, job.tile, job.halo)
@@ -701,7 +735,7 @@ def connect(scheduler, *, timeout: float = 10.0, threads: int | None = None):
 
 def _local_threads(scheduler: str) -> int | None:
     if isinstance(scheduler, str) and scheduler.startswith("local:") and scheduler[6:].isdigit():
-        return max(1, (os.cpu_count() or 1) // max(1, int(scheduler[6:])))
+        return max(1, _cores() // max(1, int(scheduler[6:])))
     return None
 
 
@@ -795,7 +829,9 @@ def _execute(job: _Job, output: _Output, client, resumed: bool, quiet: bool) -> 
         else:
             from distributed import as_completed
 
-            workers = len(client.scheduler_info().get("workers", {})) or 1
+            workers = len(_workers(client)) or 1
+            if job.threads is None:
+                job = dataclasses.replace(job, threads_by_host=_threads_by_host(client))
             shared = client.scatter(job, broadcast=True, hash=False)
             run = uuid.uuid4().hex[:8]
             futures = [client.submit(_run_chunk, shared, i, j, key=f"redkern-chunk-{run}-{i}-{j}", pure=False,
