@@ -97,7 +97,7 @@ def measure(args) -> dict:
         per_workers = {}
         for n in (1, 2):
             with rd.connect(f"local:{n}") as client:
-                t, run = timed(lambda: rd.restore(src, fresh(folder, f"local{n}.zarr"), model, client=client,
+                t, run = timed(lambda n=n: rd.restore(src, fresh(folder, f"local{n}.zarr"), model, client=client,
                                                   tile=args.tile, chunk=chunk, threads=1, quiet=True))
                 assert np.array_equal(imageio.read_image(folder / f"local{n}.zarr"), want), f"local:{n} differs"
                 per_workers[n] = t
@@ -109,7 +109,7 @@ def measure(args) -> dict:
                 if n == 2:
                     for tile, m in args.sweep:
                         c = (tile - 2 * halo) * m
-                        t, run = timed(lambda: rd.restore(src, fresh(folder, "sweep.zarr"), model, client=client,
+                        t, run = timed(lambda tile=tile, c=c: rd.restore(src, fresh(folder, "sweep.zarr"), model, client=client,
                                                           tile=tile, chunk=c, threads=1, quiet=True))
                         assert np.array_equal(imageio.read_image(folder / "sweep.zarr"), want) or tile != args.tile
                         rows.append({"runner": f"local:2 sweep: tile {tile}, chunk {m} cores", "seconds": t,
