@@ -164,6 +164,17 @@ def _parser() -> argparse.ArgumentParser:
                          "store redkern wrote (never a directory of anything else, never INPUT)")
     restore.add_argument("--out-dtype", default="same", choices=["same", "uint8", "uint16", "float32", "float64"],
                          help="OUTPUT pixel type (default: the same as INPUT)")
+    d = restore.add_argument_group("on a Dask cluster (pip install 'redkern[distributed]'; OUTPUT must be .zarr)")
+    d.add_argument("--scheduler", metavar="ADDRESS", help="run one task per output chunk on the Dask scheduler "
+                   "at ADDRESS (tcp://host:8786), or on local:N, N worker processes started and stopped here")
+    d.add_argument("--chunk", type=_positive, help="output zarr chunk, in pixels: a multiple of the tile core "
+                   "(--tile minus twice the halo) (default: the multiple nearest 1024)")
+    d.add_argument("--resume", action="store_true", help="finish an OUTPUT an interrupted --scheduler run left, "
+                   "computing only the chunks not marked done (refused if the weights or settings differ)")
+    d.add_argument("--threads", type=_positive, help="torch threads per task on each worker (default: the "
+                   "worker's cores per task slot; local:N: this machine's cores / N)")
+    d.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for the scheduler to answer (default: 10)")
     restore.set_defaults(run=_restore)
 
     demo = commands.add_parser("demo", parents=[model], help="run the model on the bundled sample image",
@@ -373,6 +384,8 @@ def _restore(args) -> int:
     from . import imageio
     from .tiling import prepare_restore
 
+    if args.scheduler or args.resume or args.chunk or args.threads:
+        return _restore_distributed(args)
     _check_levels(args)
     fmt = imageio.check_output_path(args.output, args.overwrite, source=args.input)  # cheap checks first
     model, description = _build_model(args)
@@ -397,10 +410,69 @@ def _restore(args) -> int:
     return 0
 
 
+# --- restore on a Dask cluster (--scheduler): redkern.distributed ----------------------------
+
+def _restore_distributed(args) -> int:
+    """``restore --scheduler``: the model is built here (so every option is checked as without
+    --scheduler) and sent to the workers as a description (weights + config), never itself."""
+    from . import distributed, imageio
+
+    if not args.scheduler:
+        given = [f"--{n}" for n in ("resume", "chunk", "threads") if getattr(args, n)]
+        raise UsageError(f"{', '.join(given)} belong to a --scheduler run (add --scheduler local:N or an address)")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues OUTPUT and --overwrite replaces it: give one of them")
+    if args.batch != 1:
+        raise UsageError("--batch is not used with --scheduler (each task runs its chunk's tiles one by one)")
+    _check_levels(args)
+    try:
+        distributed._require_distributed()
+    except distributed.DistributedUnavailable as e:
+        raise UsageError(str(e).replace("running on a Dask cluster", "--scheduler")) from None
+    if imageio.format_of(args.output, reading=False) != "zarr":
+        raise UsageError(f"--scheduler writes OUTPUT chunk by chunk from many processes: it must be a .zarr "
+                         f"store, not {args.output}")
+    imageio.check_output_path(args.output, overwrite=args.overwrite or args.resume, source=args.input)
+    device, dtype = args.device, args.dtype
+    if device != "cpu":  # the workers' device, which this machine need not have: build here on the CPU
+        args.device, args.dtype = "cpu", "float32"
+    try:
+        model, description = _build_model(args)
+    finally:
+        args.device, args.dtype = device, dtype
+    _level_notes(args)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the halo note is the library's; the CLI's words say enough
+            run = distributed.restore(args.input, args.output, model, client=args.scheduler, tile=args.tile,
+                                      halo=args.halo, chunk=args.chunk, allow_inexact=args.allow_inexact,
+                                      overwrite=args.overwrite, resume=args.resume,
+                                      out_dtype=None if args.out_dtype == "same" else args.out_dtype,
+                                      threads=args.threads, device=device, dtype=dtype, quiet=args.quiet,
+                                      timeout=args.scheduler_timeout)
+    except distributed.SchedulerUnreachable as e:
+        return _fail(EXIT_FAILED, f"--scheduler {args.scheduler}: {e}; no output was written")
+    except (distributed.ResumeMismatch, distributed.MisalignedChunks) as e:
+        return _fail(EXIT_OUTPUT, _cli_words(str(e)))
+    except ValueError as e:
+        if isinstance(e, imageio.ImageError):
+            raise
+        raise UsageError(_cli_words(str(e))) from e
+    logging.getLogger("redkern").info("model: %s", description)
+    done = (f"{run.chunks_computed} of {run.chunks_total} chunks computed"
+            + (" (resumed)" if run.resumed else ""))
+    print(f"wrote {args.output}: {run.height}x{run.width}, {run.tiles} tiles (core {run.tile - 2 * run.halo}, "
+          f"halo {run.halo}) in chunks of {run.chunk}, {done} on {run.workers} worker(s), "
+          f"{run.megapixels:.3g} MP in {run.seconds:.2f} s ({run.megapixels_per_second:.3g} MP/s)")
+    return 0
+
+
 def _cli_words(message: str) -> str:
     """A Python-API message in the command line's words."""
     return (message.replace("pass allow_inexact=True (--allow-inexact)", "pass --allow-inexact")
-            .replace("pass overwrite=True (--overwrite)", "pass --overwrite"))
+            .replace("pass overwrite=True (--overwrite)", "pass --overwrite")
+            .replace("pass overwrite (--overwrite)", "pass --overwrite")
+            .replace("resume=True (--resume)", "--resume"))
 
 
 def _check_fit(args, model, height: int, width: int):

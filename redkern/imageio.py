@@ -466,6 +466,12 @@ def _open_zarr(path) -> ImageReader:
     zarr = _require_zarr(path, reading=True)
     array = zarr.open_array(str(path), mode="r")
     _hwc_shape(path, array.shape)
+    attrs = dict(array.attrs)
+    if attrs.get("written_by") == ZARR_WRITER_ATTRIBUTE["written_by"] and attrs.get("redkern_complete") is False:
+        # a distributed run (redkern.distributed) writes in place and marks the store complete at the end
+        raise UnreadableImage(f"{path}: an unfinished redkern output (a distributed run stopped before every "
+                              "chunk was written); finish it with `redkern restore ... --resume`, or remove it",
+                              path=path, reading=True)
     return ImageReader(path, _ArrayPixels(array), "zarr")
 
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,19 @@ def test_replace_section_creates_or_appends(tmp_path, existing):
     text = target.read_text()
     assert text.startswith("# Benchmarks") and text.rstrip().endswith("new")
     assert ("intro" in text) == bool(existing)
+
+
+def test_bench_distributed_quick_mode_runs_and_reports(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    pytest.importorskip("zarr")
+    root = str(BENCH.parent)  # the workers it starts import this checkout's redkern
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    out, section = tmp_path / "q.json", tmp_path / "B.md"
+    assert load("bench_distributed").main(["--quick", "--json", str(out), "--write", str(section)]) == 0
+    result = json.loads(out.read_text())
+    runners = [r["runner"] for r in result["rows"]]
+    assert runners[:4] == ["single-process redkern restore", "in-process, chunk grid", "local:1, 1 thread each",
+                           "local:2, 1 thread each"]
+    assert all(r["mp_per_s"] > 0 for r in result["rows"]) and result["per_task_tasks"] == 16
+    assert 0 < result["scaling_efficiency"] and "per_task_overhead_ms" in result
+    assert "## Distributed: RED30 on Dask LocalClusters" in section.read_text()
