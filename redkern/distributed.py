@@ -272,7 +272,14 @@ def model_spec(model_or_weights, *, fused: bool = True, backend: str | None = No
         except Exception as e:
             raise TypeError(f"{type(model).__name__} cannot be pickled ({e}), so it cannot be sent to "
                             "workers; pass its weights and a RED-Net, or make it picklable") from e
-        radius = getattr(model, "receptive_field_radius", None)
+        from .tiling import receptive_field
+
+        field = receptive_field(model)  # a ValueError names a network that tiles cannot reproduce
+        if field.scale != 1:
+            raise ValueError(f"{type(model).__name__} enlarges the image {field.scale}x: the distributed "
+                             "runner writes output chunks at the input's size, so upsampling networks run "
+                             "with redkern.restore_file (redkern restore without --scheduler)")
+        radius = field.radius
         state = model.state_dict()
         return ModelSpec("module", {"class": type(model).__qualname__}, blob,
                          hashlib.sha256(_digest_state(state).encode() + type(model).__qualname__.encode()).hexdigest(),

@@ -124,6 +124,22 @@ def test_misaligned_output_chunks_are_refused_before_anything_runs(model, source
     assert not (tmp_path / "out.zarr").exists() and rd.status(out) is None
 
 
+def test_a_zoo_network_runs_with_the_radius_its_plan_gives_and_upsamplers_are_refused(source, tmp_path):
+    torch.manual_seed(5)
+    vdsr = redkern.fuse(kaiming_init_(redkern.create_model("vdsr", depth=4, features=8)).eval())
+    assert rd.model_spec(vdsr).receptive_field_radius == 4
+    rd.restore(source, tmp_path / "vdsr.zarr", vdsr, tile=TILE, client=None)
+    x = torch.from_numpy(np.ascontiguousarray(pixels(source)))[None, None]
+    with torch.no_grad():
+        want = vdsr(x)[0, 0].numpy()
+    got = pixels(tmp_path / "vdsr.zarr")
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    with pytest.raises(ValueError, match="ESPCN enlarges the image 3x.*without --scheduler"):
+        rd.model_spec(redkern.create_model("espcn"))
+    with pytest.raises(ValueError, match="SRCNN cannot be tiled exactly"):
+        rd.model_spec(redkern.create_model("srcnn"))
+
+
 # --- on the cluster ----------------------------------------------------------------------------
 
 def test_distributed_equals_single_process_bit_for_bit(client, model, source, single_process, tmp_path):
