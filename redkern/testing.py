@@ -22,7 +22,7 @@ from torch import nn
 
 from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, reference_conv2d
 
-__all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close",
+__all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close", "assert_like_pytorch",
            "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "FUSE_MODULES",
            "backends_here", "copied", "COPY_WAYS"]
 
@@ -145,6 +145,22 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, rel: float, scale: float
     assert bad == 0, f"{bad} of {got.numel()} output elements are not finite (unwritten or overflowed)"
     err = max_rel_error(got, want, scale)
     assert err <= rel, f"max relative error {err:.3e} > {rel:.1e}"
+
+
+def assert_like_pytorch(got, module: nn.Module, x: torch.Tensor, rel: float) -> None:
+    """``got`` (a tensor or a list of them: ``module(x)`` computed another way) within ``rel`` of
+    the exact result (``module`` and ``x`` in float64), or within twice PyTorch's own fp32 error
+    where that is larger: a deep random network (120 conv calls) rounds more than ``rel``."""
+    import copy
+
+    as_list = lambda t: list(t) if isinstance(t, (list, tuple)) else [t]  # noqa: E731
+    with torch.no_grad():
+        exact = as_list(copy.deepcopy(module).double()(x.double()))
+        fp32 = as_list(module(x))
+    got = as_list(got)
+    assert len(got) == len(exact), f"{len(got)} outputs, the module gives {len(exact)}"
+    for g, e, f in zip(got, exact, fp32):
+        assert_close(g, e, max(rel, 2 * max_rel_error(f, e)))
 
 
 def magnitude(case: "LayerCase") -> float:

@@ -25,7 +25,7 @@ distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr")
 
 H, W, TILE, CHUNK = 150, 133, 64, 44  # halo 10 (RED10): core 44; chunks 44, 44, 44, 18 x 44, 44, 44, 1
-ROOT = Path(__file__).resolve().parents[1]
+IMPORTED = Path(redkern.__file__).resolve().parents[1]  # the folder holding the redkern package in use
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,9 @@ def hooks(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(hooks):
-    """Two worker processes that import this checkout's redkern and see the test hooks folder."""
-    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    """Two worker processes that import the redkern these tests import (an installed copy in CI,
+    this checkout in a development install) and see the test hooks folder."""
+    env = {"PYTHONPATH": os.pathsep.join([str(IMPORTED), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
            rd.TEST_HOOKS_ENV: str(hooks)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # spawned workers (and the CLI's local:N below) inherit these
@@ -265,7 +266,7 @@ def test_without_dask_redkern_imports_and_scheduler_names_the_extra(source, tmp_
     code = ("import sys; sys.modules['dask'] = sys.modules['distributed'] = None; "
             "import redkern, redkern.distributed, redkern.cli; print('imported')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(IMPORTED)})
     assert done.returncode == 0 and "imported" in done.stdout, done.stderr
     monkeypatch.setitem(sys.modules, "distributed", None)
     assert cli.main(["restore", str(source), str(tmp_path / "o.zarr"), "--scheduler", "local:2", "-q"]) \

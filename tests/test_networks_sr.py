@@ -249,12 +249,10 @@ def test_fused_equals_the_module(name, backend):
         with pytest.raises(BackendUnavailable, match=rf"^{refused[0]} \("), torch.no_grad():
             fused(x)
         return
-    want, calls = conv_calls(m, x)
+    _, calls = conv_calls(m, x)
     with torch.no_grad():
         got = fused(x)
-    assert len(as_list(got)) == len(as_list(want))
-    for g, w_ in zip(as_list(got), as_list(want)):
-        T.assert_close(g, w_.double(), 1e-5)  # none of these networks has BatchNorm
+    T.assert_like_pytorch(got, m, x, 1e-5)  # none of these networks has BatchNorm
     # every stride-1 convolution call is one fused step; the strided ones stay in PyTorch
     stride1 = [c for c in calls if c.stride == (1, 1)]
     assert [s.conv for s in fused.plan.conv_steps] == stride1
@@ -285,7 +283,7 @@ def test_srn_deblur_runs_coarse_to_fine_with_the_lstm_state():
         fine_no_state, _ = m.scale_step(x, resize(coarse, 2.0), None)
         got = SRNDeblurNet.forward(m, x)
     T.assert_close(got, fine.double(), 1e-6)
-    assert T.max_rel_error(fine_no_state, fine) > 1e-3  # the carried state matters
+    assert T.max_rel_error(fine_no_state, fine) > 1e-5  # the carried state matters (0 if it were dropped)
 
 
 # --- state dicts ---------------------------------------------------------------------------------
