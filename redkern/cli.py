@@ -403,8 +403,9 @@ def _restore(args) -> int:
             raise UsageError(_cli_words(str(e))) from e
         logging.getLogger("redkern").info("model: %s", description)
         run = job.run()
-    size = f"{run.height}x{run.width}" + (f" -> {run.scale * run.height}x{run.scale * run.width} "
-                                          f"(x{run.scale})" if run.scale != 1 else "")
+    oh, ow = run.output_size
+    size = f"{run.height}x{run.width}" + ("" if (oh, ow) == (run.height, run.width) else f" -> {oh}x{ow}" + (
+        f" (x{run.scale})" if run.scale != 1 else f" (unpadded: {run.trim} px less at every border)"))
     print(f"wrote {args.output}: {size}, {_tiles(run.tiles, run.tile_shape, run.halo)}, "
           f"{run.megapixels:.3g} MP in {run.seconds:.2f} s ({run.megapixels_per_second:.3g} MP/s) on {run.device}")
     return 0

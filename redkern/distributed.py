@@ -275,6 +275,10 @@ def model_spec(model_or_weights, *, fused: bool = True, backend: str | None = No
         from .tiling import receptive_field
 
         field = receptive_field(model)  # a ValueError names a network that tiles cannot reproduce
+        if field.trim:
+            raise ValueError(f"{type(model).__name__} drops {field.trim} pixels at every border (unpadded "
+                             "convolutions): the distributed runner writes output chunks at the input's size, "
+                             "so it runs with redkern.restore_file (redkern restore without --scheduler)")
         if field.scale != 1:
             raise ValueError(f"{type(model).__name__} enlarges the image {field.scale}x: the distributed "
                              "runner writes output chunks at the input's size, so upsampling networks run "

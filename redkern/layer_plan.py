@@ -406,7 +406,10 @@ class Geometry:
     times the input size at the plan's example input (``(-12, -12)`` for an unpadded SRCNN),
     ``None`` without shapes. ``problem``: why tiles cannot reproduce whole-image inference
     exactly, or ``None``. ``unknown``: the first step whose reach or effect on resolution the
-    planner does not model (why ``reach`` or ``scale`` is ``None``), or ``None``.
+    planner does not model (why ``reach`` or ``scale`` is ``None``), or ``None``. ``trim``: the
+    input pixels the network drops at every border (its output pixel ``o`` lies over input
+    pixel ``o + trim``: 6 for the unpadded SRCNN 9-1-5), at scale 1; ``reach`` is then counted
+    from that pixel.
     """
 
     scale: tuple[Fraction, Fraction] | None
@@ -414,6 +417,7 @@ class Geometry:
     size_offset: tuple[int, int] | None
     problem: str | None
     unknown: str | None = None
+    trim: int = 0
 
     @property
     def radius(self) -> int | None:
@@ -628,10 +632,17 @@ def _geometry(plan: Plan) -> Geometry:
             oh, ow = shapes[0][2:]
             offset = (int(oh - scale[0] * h), int(ow - scale[1] * w)) if all(
                 (x * n).denominator == 1 for x, n in zip(scale, (h, w))) else None
+            trim = -offset[0] // 2
+            if (problem is None and offset[0] == offset[1] < 0 and offset[0] % 2 == 0 and scale == _ONE
+                    and reach is not None and min(reach[0][0], reach[1][0]) + trim >= 0
+                    and min(reach[0][1], reach[1][1]) - trim >= 0):
+                # unpadded convolutions: output pixel o lies over input pixel o + trim
+                reach = tuple((up + trim, down - trim) for up, down in reach)
+                return Geometry(scale, reach, offset, None, unknown or lost, trim)
             if problem is None and offset is not None and offset != (0, 0):
                 problem = (f"its output is {oh}x{ow} for a {h}x{w} input, not {scale[0] * h}x{scale[1] * w} "
                            f"(scale {scale[0]}"
-                           + (": unpadded convolutions trim its border" if max(offset) < 0 else "") + ")")
+                           + (": its convolutions trim the border unevenly" if max(offset) < 0 else "") + ")")
     return Geometry(scale, reach, offset, problem, unknown or lost)
 
 

@@ -12,9 +12,11 @@ Upsamplers (EDSR, SRResNet, ESPCN, FSRCNN...) tile the same way: tiles are plann
 input grid, and a network of scale ``s`` (output pixels per input pixel along each axis, read
 off its layer plan) turns a window into ``s`` times as many rows and columns, of which the
 ``s * core`` block is kept and written at ``s`` times the core's place (``Tile.out_core``).
-The radius is counted in input pixels. Networks whose output is not exactly ``s`` times the
-input (unpadded convolutions, a transposed convolution without the right ``output_padding``)
-are refused with the reason.
+The radius is counted in input pixels. A network of unpadded convolutions (SRCNN 9-1-5) drops
+``trim`` pixels at every border: its output pixel ``o`` lies over input pixel ``o + trim``, so
+cores are kept only where the whole image has output, and written ``trim`` pixels up and left
+(``Tile.out_core``). Networks whose output is otherwise not ``s`` times the input (a transposed
+convolution without the right ``output_padding``, an uneven trim) are refused with the reason.
 
 Three entry points, from the top down:
 
@@ -44,7 +46,7 @@ import torch
 
 log = logging.getLogger("redkern")
 
-__all__ = ["Tile", "TiledRun", "InexactTilingWarning", "ReceptiveField", "receptive_field", "plan_tiles",
+__all__ = ["Tile", "TiledRun", "InexactTilingWarning", "ReceptiveField", "receptive_field", "plan_tiles", "output_size",
            "resolve_halo", "tiled", "run_tiled", "restore_file", "prepare_restore", "RestoreJob", "tile_overhead",
            "smallest_window"]
 
@@ -59,13 +61,15 @@ class Tile:
 
     ``window``: the region fed to the model; ``core``: the part of its output that is kept.
     ``crop``: the core in window coordinates. ``scale``: the model's output pixels per input
-    pixel; ``out_core`` and ``out_crop`` are the core in output image and output window
-    coordinates (``core`` and ``crop`` themselves at scale 1).
+    pixel; ``trim``: input pixels the model drops at every border (``output_size``);
+    ``out_core`` and ``out_crop`` are the core in output image and output window coordinates
+    (``core`` and ``crop`` themselves at scale 1 without trim).
     """
 
     window: tuple[slice, slice]
     core: tuple[slice, slice]
     scale: int = 1
+    trim: int = 0
 
     @property
     def crop(self) -> tuple[slice, slice]:
@@ -73,13 +77,13 @@ class Tile:
 
     @property
     def out_core(self) -> tuple[slice, slice]:
-        s = self.scale
-        return tuple(slice(s * c.start, s * c.stop) for c in self.core)
+        s, t = self.scale, self.trim
+        return tuple(slice(s * (c.start - t), s * (c.stop - t)) for c in self.core)
 
     @property
     def out_crop(self) -> tuple[slice, slice]:
-        s = self.scale
-        return tuple(slice(s * c.start, s * c.stop) for c in self.crop)
+        s, t = self.scale, self.trim
+        return tuple(slice(s * (c.start - t), s * (c.stop - t)) for c in self.crop)
 
     @property
     def core_pixels(self) -> int:
@@ -87,13 +91,28 @@ class Tile:
         return (rows.stop - rows.start) * (cols.stop - cols.start)
 
 
-def _axis_spans(length: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
+def output_size(height: int, width: int, scale: int = 1, trim: int = 0) -> tuple[int, int]:
+    """The output of a network of ``scale`` that drops ``trim`` pixels at every border, for a
+    ``height x width`` input; a ``ValueError`` where nothing would be left."""
+    if min(height, width) <= 2 * trim:
+        raise ValueError(f"a {height}x{width} image leaves no output: the network drops {trim} pixels "
+                         f"at every border (unpadded convolutions), so each side needs more than {2 * trim}")
+    return scale * (height - 2 * trim), scale * (width - 2 * trim)
+
+
+def _axis_spans(length: int, tile: int, halo: int, trim: int = 0) -> list[tuple[int, int, int, int]]:
     """``(window_start, window_stop, core_start, core_stop)`` along one axis.
 
     Windows start every ``tile - 2 * halo`` pixels; the last is shifted inward to end at the
     border. Each core runs from where the previous one stopped to ``halo`` short of its window's
     end (to the border for the last), so every interior core edge has ``halo`` pixels of context.
+    Cores leave out the ``trim`` pixels at either border, where the whole image has no output.
     """
+    spans = _untrimmed_spans(length, tile, halo)
+    return [(w0, w1, max(c0, trim), min(c1, length - trim)) for w0, w1, c0, c1 in spans]
+
+
+def _untrimmed_spans(length: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
     if length <= tile:
         return [(0, length, 0, length)]
     step = tile - 2 * halo
@@ -119,13 +138,14 @@ def _check_tile(tile):
     return tile
 
 
-def plan_tiles(height: int, width: int, tile, halo: int, scale: int = 1) -> list[Tile]:
+def plan_tiles(height: int, width: int, tile, halo: int, scale: int = 1, trim: int = 0) -> list[Tile]:
     """The tiles covering a ``height x width`` input image, row by row.
 
     ``tile``: the window size fed to the model, an int or ``(rows, cols)``; it is clamped to
     the image. ``halo``: context kept around every interior core edge, in input pixels.
     ``scale``: the model's output pixels per input pixel (``Tile.out_core``); the plan over
-    the input grid is the same for every scale.
+    the input grid is the same for every scale. ``trim``: pixels the model drops at every
+    border (``output_size``); at most ``halo``.
     """
     th, tw = (tile, tile) if isinstance(tile, int) else tuple(tile)
     if min(height, width) < 1 or min(th, tw) < 1 or halo < 0:
@@ -133,9 +153,12 @@ def plan_tiles(height: int, width: int, tile, halo: int, scale: int = 1) -> list
                          f"tile {tile}, halo {halo}")
     if not isinstance(scale, int) or isinstance(scale, bool) or scale < 1:
         raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
-    return [Tile((slice(wy0, wy1), slice(wx0, wx1)), (slice(cy0, cy1), slice(cx0, cx1)), scale)
-            for wy0, wy1, cy0, cy1 in _axis_spans(height, th, halo)
-            for wx0, wx1, cx0, cx1 in _axis_spans(width, tw, halo)]
+    if not 0 <= trim <= halo:
+        raise ValueError(f"trim must be between 0 and the halo {halo}, got {trim!r}")
+    output_size(height, width, scale, trim)
+    return [Tile((slice(wy0, wy1), slice(wx0, wx1)), (slice(cy0, cy1), slice(cx0, cx1)), scale, trim)
+            for wy0, wy1, cy0, cy1 in _axis_spans(height, th, halo, trim)
+            for wx0, wx1, cx0, cx1 in _axis_spans(width, tw, halo, trim)]
 
 
 def tile_overhead(tiles: list[Tile], height: int, width: int) -> float:
@@ -167,11 +190,14 @@ class ReceptiveField:
     """What tiling needs to know about a model: ``radius``, the input pixels an output pixel
     depends on in any direction (``None``: unknown, a halo must be given); ``scale``, its
     output pixels per input pixel along each axis; ``source``: where these were read (the
-    model's ``receptive_field_radius``, its layer plan) and, where planning failed, why."""
+    model's ``receptive_field_radius``, its layer plan) and, where planning failed, why;
+    ``trim``: input pixels it drops at every border (``Geometry.trim``; the radius is counted
+    from the input pixel each output pixel lies over)."""
 
     radius: int | None
     scale: int
     source: str
+    trim: int = 0
 
 
 def receptive_field(model) -> ReceptiveField:
@@ -204,7 +230,7 @@ def receptive_field(model) -> ReceptiveField:
     if g.unknown is not None and (radius is None or g.scale is None):
         source += f": {g.unknown} is not modelled" + ("" if g.scale is not None else
                                                       "; its scale is taken as 1, and checked on every tile")
-    return ReceptiveField(radius, 1 if g.scale is None else int(g.scale[0]), source)
+    return ReceptiveField(radius, 1 if g.scale is None else int(g.scale[0]), source, g.trim)
 
 
 def resolve_halo(model, halo: int | None, allow_inexact: bool = False) -> int:
@@ -214,15 +240,16 @@ def resolve_halo(model, halo: int | None, allow_inexact: bool = False) -> int:
     return _resolve(model, halo, allow_inexact)[0]
 
 
-def _resolve(model, halo: int | None, allow_inexact: bool) -> tuple[int, int]:
-    """``(halo, scale)``: ``resolve_halo``'s answer and the model's scale, planned once."""
+def _resolve(model, halo: int | None, allow_inexact: bool) -> tuple[int, int, int]:
+    """``(halo, scale, trim)``: ``resolve_halo``'s answer and the model's scale and trim,
+    planned once."""
     field = receptive_field(model)
     radius = field.radius
     if halo is None:
         if radius is None:
             raise ValueError(f"{type(model).__name__}: no receptive field radius is known ({field.source}); "
                              "pass halo= (pixels each output depends on in every direction)")
-        return int(radius), field.scale
+        return int(radius), field.scale, field.trim
     if halo < 0:
         raise ValueError(f"halo must be >= 0, got {halo}")
     if radius is not None and halo < radius:
@@ -231,7 +258,10 @@ def _resolve(model, halo: int | None, allow_inexact: bool) -> tuple[int, int]:
         if not allow_inexact:
             raise ValueError(message + "; pass allow_inexact=True (--allow-inexact) to accept that")
         warnings.warn(message, InexactTilingWarning, stacklevel=_outside_redkern())
-    return int(halo), field.scale
+    if halo < field.trim:
+        raise ValueError(f"halo {halo} is smaller than the {field.trim} pixels the model drops at every border: "
+                         "a tile's core would have no output")
+    return int(halo), field.scale, field.trim
 
 
 def _outside_redkern() -> int:
@@ -245,7 +275,7 @@ def _outside_redkern() -> int:
 @dataclasses.dataclass(frozen=True)
 class TiledRun:
     """What a tiled run did: input image size, tiles, and how fast (megapixels of input);
-    ``scale``: output pixels per input pixel."""
+    ``scale``: output pixels per input pixel; ``trim``: input pixels dropped at every border."""
 
     height: int
     width: int
@@ -257,6 +287,11 @@ class TiledRun:
     device: str
     seconds: float
     scale: int = 1
+    trim: int = 0
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return output_size(self.height, self.width, self.scale, self.trim)
 
     @property
     def megapixels(self) -> float:
@@ -394,8 +429,8 @@ def run_tiled(model, source, sink, *, tile=512, halo: int | None = None, batch: 
     """
     if batch < 1 or prefetch < 1:
         raise ValueError(f"batch and prefetch must be >= 1, got {batch} and {prefetch}")
-    halo, scale = _resolve(model, halo, allow_inexact)
-    tiles = plan_tiles(source.height, source.width, tile, halo, scale)
+    halo, scale, trim = _resolve(model, halo, allow_inexact)
+    tiles = plan_tiles(source.height, source.width, tile, halo, scale, trim)
     return _run(model, source, sink, tiles, halo, batch, quiet, prefetch, desc)
 
 
@@ -403,7 +438,7 @@ def _run(model, source, sink, tiles: list[Tile], halo: int, batch: int, quiet: b
          desc: str) -> TiledRun:
     """The engine of ``run_tiled``, on tiles already planned."""
     groups = [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
-    scale = tiles[0].scale
+    scale, trim = tiles[0].scale, tiles[0].trim
     device, dtype = _model_device_dtype(model)
     transfers = _Transfers(device, dtype)
     progress = _Progress(len(tiles), quiet, desc)
@@ -421,11 +456,13 @@ def _run(model, source, sink, tiles: list[Tile], halo: int, batch: int, quiet: b
             images = x.shape[0] // len(group)
             with torch.no_grad():
                 y = model(transfers.to_model(x))
-            want = (scale * x.shape[2], scale * x.shape[3])
+            want = output_size(x.shape[2], x.shape[3], scale, trim)
             if y.dim() != 4 or y.shape[0] != x.shape[0] or tuple(y.shape[2:]) != want:
                 raise ValueError(f"{type(model).__name__} turned a tile batch of shape {tuple(x.shape)} into "
                                  f"{tuple(y.shape)}; tiling needs outputs of {want[0]}x{want[1]} pixels "
-                                 + ("(the input's size)" if scale == 1 else f"({scale} times the input's size)"))
+                                 + ("(the input's size)" if (scale, trim) == (1, 0) else
+                                    f"({scale} times the input's size" + (f", less {trim} at every border)"
+                                                                          if trim else ")")))
             y, done = transfers.to_source(y, x)
             writes.append((group, writers.submit(_write_batch, sink, group, y, done, contexts)))
             while len(writes) > prefetch:
@@ -442,7 +479,7 @@ def _run(model, source, sink, tiles: list[Tile], halo: int, batch: int, quiet: b
         progress.close()
     th, tw = tiles[0].window[0].stop - tiles[0].window[0].start, tiles[0].window[1].stop - tiles[0].window[1].start
     return TiledRun(source.height, source.width, images, len(tiles), (th, tw), halo, batch,
-                    str(device), time.perf_counter() - progress.start, scale)
+                    str(device), time.perf_counter() - progress.start, scale, trim)
 
 
 # --- tensors in memory --------------------------------------------------------------------
@@ -460,8 +497,8 @@ class _TensorTiles:
 
     def write(self, tile, y, context):
         if self.out is None:
-            s = tile.scale
-            self.out = torch.empty((self.image.shape[0], y.shape[1], s * self.height, s * self.width),
+            self.out = torch.empty((self.image.shape[0], y.shape[1],
+                                    *output_size(self.height, self.width, tile.scale, tile.trim)),
                                    dtype=self.image.dtype, device=self.image.device)
         rows, cols = tile.out_core
         if _on_host(self.out, y):
@@ -550,6 +587,11 @@ class RestoreJob:
         return self.tiles[0].scale
 
     @property
+    def output_size(self) -> tuple[int, int]:
+        """The target's rows and columns (``output_size``)."""
+        return output_size(self.reader.height, self.reader.width, self.scale, self.tiles[0].trim)
+
+    @property
     def tile_shape(self) -> tuple[int, int]:
         w = self.tiles[0].window
         return (w[0].stop - w[0].start, w[1].stop - w[1].start)
@@ -560,8 +602,7 @@ class RestoreJob:
         reader = self.reader
         log.info("%s: %dx%d, %d channel(s), %s; restoring %s", reader.path, reader.height, reader.width,
                  reader.channels, reader.dtype, self.channels.describe())
-        s = self.scale
-        with imageio.create_image(self.target, s * reader.height, s * reader.width, reader.channels,
+        with imageio.create_image(self.target, *self.output_size, reader.channels,
                                   self.channels.out_dtype, alpha=reader.alpha, overwrite=self.overwrite,
                                   bigtiff=reader.bigtiff or None, source=reader.path, checked=True) as writer:
             tiles = _FileTiles(reader, writer, self.channels)
@@ -584,10 +625,11 @@ def prepare_restore(model, reader, target, *, tile=512, halo: int | None = None,
     model_channels = getattr(model, "channels", None) or _input_channels(model) or reader.channels - int(reader.alpha)
     out_dtype = reader.dtype if out_dtype is None else out_dtype
     channels = imageio.ChannelPlan(reader.channels, reader.alpha, model_channels, out_dtype)
-    halo, scale = _resolve(model, halo, allow_inexact)
-    imageio.check_output(target, scale * reader.height, scale * reader.width, reader.channels, channels.out_dtype,
-                         alpha=reader.alpha, overwrite=overwrite, source=reader.path, path_checked=path_checked)
-    tiles = plan_tiles(reader.height, reader.width, _check_tile(tile), halo, scale)
+    halo, scale, trim = _resolve(model, halo, allow_inexact)
+    imageio.check_output(target, *output_size(reader.height, reader.width, scale, trim), reader.channels,
+                         channels.out_dtype, alpha=reader.alpha, overwrite=overwrite, source=reader.path,
+                         path_checked=path_checked)
+    tiles = plan_tiles(reader.height, reader.width, _check_tile(tile), halo, scale, trim)
     if max_overhead is not None:
         overhead = tile_overhead(tiles, reader.height, reader.width)
         if overhead > max_overhead:

@@ -588,7 +588,8 @@ def test_restore_with_an_upsampler_equals_whole_image_inference(tmp_path, capsys
 
 
 def test_a_network_tiles_cannot_reproduce_is_refused_with_the_plans_reason(tmp_path, capsys, photo):
-    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "srcnn")
-    assert code == cli.EXIT_USAGE and "--model srcnn" in err and "cannot be tiled exactly" in err, err
+    code, err = main(capsys, "restore", photo, tmp_path / "o.png", "--model", "srn_deblur")
+    assert code == cli.EXIT_USAGE and "--model srn_deblur: SRNDeblurNet cannot be tiled exactly" in err, err
+    assert "1/2 x 1/2 of the input's resolution" in err
     assert not (tmp_path / "o.png").exists()
     assert cli.main(["info"]) == 0 and "models: dncnn_b, dncnn_s, drcn, drrn" in capsys.readouterr().out

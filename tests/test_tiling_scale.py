@@ -121,12 +121,14 @@ def test_reach_is_the_impulse_response(case):
     assert measured == reach
 
 
-def test_unpadded_srcnn_reaches_one_way():
-    """Valid convolutions: output pixel o reads input o .. o + 12 (its plan says so), and the
-    output is 12 pixels smaller, so it cannot be tiled exactly (see the error tests)."""
+def test_unpadded_srcnn_trims_its_border_evenly():
+    """Valid convolutions: output pixel o reads input o .. o + 12 and the output is 12 pixels
+    smaller, so o lies over input pixel o + 6 and reaches 6 either way from there."""
     geometry = redkern.plan(create_model("srcnn", n1=8, n2=4)).geometry()
-    assert geometry.reach == ((0, 12), (0, 12)) and geometry.size_offset == (-12, -12)
-    assert geometry.scale == (1, 1) and "unpadded convolutions trim its border" in geometry.problem
+    assert geometry.size_offset == (-12, -12) and geometry.scale == (1, 1) and geometry.problem is None
+    assert geometry.trim == 6 and geometry.reach == ((6, 6), (6, 6))
+    assert receptive_field(create_model("srcnn")).trim == 6
+    assert receptive_field(create_model("srcnn_955")).trim == 8  # 9-5-5: 4 + 2 + 2
 
 
 # --- tiled == whole image ------------------------------------------------------------------
@@ -265,11 +267,48 @@ def test_the_target_is_made_at_the_output_size(tmp_path):
 
 # --- what cannot be tiled exactly is refused, with the reason -----------------------------
 
-def test_unpadded_srcnn_is_refused_with_its_sizes():
+@pytest.mark.parametrize("fused", [False, True], ids=["reference", "fused"])
+@pytest.mark.parametrize("name,trim", [("srcnn", 6), ("srcnn_955", 8)])
+def test_unpadded_srcnn_tiles_exactly(name, trim, fused):
+    """Cores keep only what the whole image has output for (``trim`` in from each border) and
+    land ``trim`` pixels up and left; odd sizes whose last piece is thinner than the halo."""
+    r = rng()
+    model = T.randomize_(create_model(name, n1=8, n2=4)).eval()
+    model = redkern.fuse(model) if fused else model
+    tile, h = odd_case(trim, r)
+    _, w = odd_case(trim, r, tile)
+    tiles = plan_tiles(h, w, tile, trim, 1, trim)
+    assert_last_piece_thinner_than_the_halo(tiles, trim)
+    cores = torch.zeros(h - 2 * trim, w - 2 * trim, dtype=torch.int64)
+    for t in tiles:
+        cores[t.out_core] += 1
+    assert bool((cores == 1).all())  # the output covered exactly once
+    x = torch.rand(r.choice((1, 2)), 1, h, w)
+    want = whole(model, x)
+    assert want.shape[2:] == (h - 2 * trim, w - 2 * trim)
+    T.assert_close(tiled(model, x, tile=tile, batch=r.randint(1, 3), quiet=True), want, REL)
+
+
+def test_restore_file_of_an_unpadded_srcnn_writes_the_smaller_image(tmp_path):
+    model = T.randomize_(create_model("srcnn", n1=8, n2=4)).eval()
+    pixels = np.random.default_rng(torch.initial_seed()).random((41, 30, 3), dtype=np.float32)
+    np.save(tmp_path / "in.npy", pixels)
+    run = restore_file(model, tmp_path / "in.npy", tmp_path / "out.npy", tile=20, quiet=True)
+    assert run.output_size == (29, 18) and run.trim == 6 and run.tiles > 4
+    got = np.load(tmp_path / "out.npy")
+    assert got.shape == (29, 18, 3)
+    y = imageio.ChannelPlan(3, False, 1, np.dtype(np.float32))  # the luminance the model restores
+    luma = torch.from_numpy(y.model_input(pixels))[None]
+    want = y.image_output(whole(model, luma)[0].numpy(), pixels[6:-6, 6:-6])
+    np.testing.assert_allclose(got, want, rtol=0, atol=REL * np.abs(want).max())
+
+
+def test_a_halo_below_the_trim_and_a_too_small_image_are_refused():
     model = create_model("srcnn", n1=8, n2=4)
-    with pytest.raises(ValueError, match=r"SRCNN cannot be tiled exactly: its output is 20x20 for a 32x32 "
-                                         r"input, not 32x32 .*unpadded convolutions"):
-        tiled(model, torch.rand(1, 1, 40, 40), tile=30, quiet=True)
+    with pytest.raises(ValueError, match="halo 5 is smaller than the model's receptive field radius 6"):
+        tiled(model, torch.rand(1, 1, 40, 40), tile=30, halo=5, quiet=True)
+    with pytest.raises(ValueError, match=r"a 12x40 image leaves no output: the network drops 6 pixels"):
+        tiled(model, torch.rand(1, 1, 12, 40), tile=30, quiet=True)
 
 
 def test_a_transposed_conv_without_output_padding_is_refused():
