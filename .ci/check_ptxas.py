@@ -130,13 +130,29 @@ def short_name(demangled: str) -> str:
     return re.sub(r"^void |\(.*\)$", "", demangled).replace("redkern::cuda::standard::", "")
 
 
+def _import_cuda_emu():
+    """redkern._cuda_emu: the redkern already importable (an installed copy), else this
+    checkout's; sys.path is left as it was (the tests load this file as a module, and processes
+    they spawn inherit sys.path: the source tree first would shadow the installed package)."""
+    try:
+        from redkern import _cuda_emu
+        return _cuda_emu
+    except ImportError:
+        pass
+    sys.path.insert(0, str(ROOT))
+    try:
+        from redkern import _cuda_emu
+        return _cuda_emu
+    finally:
+        sys.path.remove(str(ROOT))
+
+
 def dispatched_kernels() -> dict[str, int]:
     """Every kernel the dispatchers can launch -> its dynamic shared memory bytes, from the
     host build of the same source ({} when redkern._cuda_emu is not importable). The channel
     counts reach every plan of csrc/cuda/conv.h (plan_conv)."""
-    sys.path.insert(0, str(ROOT))
     try:
-        from redkern import _cuda_emu as emu
+        emu = _import_cuda_emu()
     except Exception:
         return {}
     sizes = {}
