@@ -185,3 +185,26 @@ def test_fused_on_each_backend_equals_the_module(name, backend):
         return
     bn = any(isinstance(b, nn.BatchNorm2d) for b in m.modules())
     T.assert_like_pytorch(got, m, x, 1e-4 if bn else 1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_tiled_equals_the_whole_image(name):
+    """Every network tiles exactly with the halo its plan gives, upsamplers and unpadded ones
+    too (windows of about twice the radius, so most pixels sit in some tile's halo); a network
+    that cannot be tiled says why."""
+    options, channels, _, _ = SMALL[name]
+    m = T.randomize_(redkern.create_model(name, **options)).eval()
+    if name == "srn_deblur":  # it works at 1/2 and 1/4 of the input's resolution
+        with pytest.raises(ValueError, match="SRNDeblurNet cannot be tiled exactly: .* 1/2 x 1/2"):
+            redkern.tiling.receptive_field(m)
+        return
+    field = redkern.tiling.receptive_field(m)
+    h, w = input_size(m, 3 * field.radius + 7, 2 * field.radius + 9)
+    x = torch.randn(2, channels, h, w)
+    tile = 2 * field.radius + 6
+    tiles = redkern.tiling.plan_tiles(h, w, tile, field.radius, field.scale, field.trim)
+    assert len(tiles) >= 4
+    with torch.no_grad():
+        want = m(x)
+    got = redkern.tiled(m, x, tile=tile, batch=2, quiet=True)
+    T.assert_close(got, want.double(), 1e-5)
