@@ -71,3 +71,15 @@ def poisoned_empty():
     yield
     torch.use_deterministic_algorithms(old[0])
     torch.utils.deterministic.fill_uninitialized_memory = old[1]
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: small tiles gain nothing from threads, a Dask task
+    sets its own, and the machine is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,7 +22,7 @@ from torch import nn
 
 from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, reference_conv2d
 
-__all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close", "assert_like_pytorch",
+__all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close", "assert_like_pytorch", "conv_calls",
            "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "FUSE_MODULES",
            "backends_here", "copied", "COPY_WAYS"]
 
@@ -145,6 +145,21 @@ def assert_close(got: torch.Tensor, want: torch.Tensor, rel: float, scale: float
     assert bad == 0, f"{bad} of {got.numel()} output elements are not finite (unwritten or overflowed)"
     err = max_rel_error(got, want, scale)
     assert err <= rel, f"max relative error {err:.3e} > {rel:.1e}"
+
+
+def conv_calls(module: nn.Module, x: torch.Tensor):
+    """``(module(x), calls)``: the output and every convolution module its forward called, in
+    order (a shared one once per call): what a plan's fused steps must account for."""
+    calls = []
+    hooks = [c.register_forward_hook(lambda mod, i, o: calls.append(mod))
+             for c in module.modules() if isinstance(c, nn.modules.conv._ConvNd)]
+    try:
+        with torch.no_grad():
+            y = module(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return y, calls
 
 
 def assert_like_pytorch(got, module: nn.Module, x: torch.Tensor, rel: float) -> None:

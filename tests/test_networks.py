@@ -63,20 +63,6 @@ def input_size(m: nn.Module, h: int, w: int) -> tuple[int, int]:
     return -(-h // k) * k, -(-w // k) * k
 
 
-def conv_calls(m: nn.Module, x: torch.Tensor):
-    """``m(x)`` and every convolution module its forward called (a shared one each time)."""
-    calls = []
-    hooks = [c.register_forward_hook(lambda mod, i, o: calls.append(mod))
-             for c in m.modules() if isinstance(c, nn.modules.conv._ConvNd)]
-    try:
-        with torch.no_grad():
-            y = m(x)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return y, calls
-
-
 def test_every_registered_model_is_tested():
     assert set(redkern.list_models()) == set(PARAMS) == set(SMALL)
     assert redkern.list_models("edsr*") == ["edsr", "edsr_baseline"]
@@ -110,7 +96,7 @@ def test_fused_equals_the_module(name):
     fused = redkern.fuse(m)
     h, w = input_size(m, *((23, 19) if name.startswith("srcnn") else (11, 9)))
     x = torch.randn(2, channels, h, w)
-    _, calls = conv_calls(m, x)
+    _, calls = T.conv_calls(m, x)
     with torch.no_grad():
         got = fused(x)
     assert tuple(got.shape) == (2, channels, *size(h, w))

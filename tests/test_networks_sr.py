@@ -204,20 +204,6 @@ SMALL = {
 }
 
 
-def conv_calls(m: nn.Module, x: torch.Tensor):
-    """``m(x)`` and every convolution module its forward called, in order (a shared one each time)."""
-    calls = []
-    hooks = [c.register_forward_hook(lambda mod, i, o: calls.append(mod))
-             for c in m.modules() if isinstance(c, nn.modules.conv._ConvNd)]
-    try:
-        with torch.no_grad():
-            y = m(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return y, calls
-
-
 def refused_layers(backend: str, fused: nn.Module) -> list[str]:
     """The fused layers ``backend`` cannot run (the CUDA C++ kernels are 3x3 and 1x1 only)."""
     mod = load_backend(backend)
@@ -249,7 +235,7 @@ def test_fused_equals_the_module(name, backend):
         with pytest.raises(BackendUnavailable, match=rf"^{refused[0]} \("), torch.no_grad():
             fused(x)
         return
-    _, calls = conv_calls(m, x)
+    _, calls = T.conv_calls(m, x)
     with torch.no_grad():
         got = fused(x)
     T.assert_like_pytorch(got, m, x, 1e-5)  # none of these networks has BatchNorm
@@ -266,7 +252,7 @@ def test_fused_equals_the_module(name, backend):
 
 def test_srn_deblur_shares_its_weights_across_scales():
     m = T.randomize_(SRNDeblurNet(features=4)).eval()
-    _, calls = conv_calls(m, torch.randn(1, 3, 16, 32))
+    _, calls = T.conv_calls(m, torch.randn(1, 3, 16, 32))
     convs = [c for c in m.modules() if isinstance(c, nn.modules.conv._ConvNd)]
     assert len(calls) == 3 * len(convs)  # the whole encoder-decoder once per scale
     assert all(calls.count(c) == 3 for c in convs)
@@ -334,7 +320,7 @@ def test_mdsr_runs_only_the_selected_scales_branches():
     for i, s in enumerate(m.scales):
         m.set_scale(s)
         assert m.scale == s and m.scale_idx == i
-        _, calls = conv_calls(m, x)
+        _, calls = T.conv_calls(m, x)
         ran = set(map(id, calls))
         for j in range(len(m.scales)):
             branch = [c for c in (*m.pre_process[j].modules(), *m.upsample[j].modules()) if isinstance(c, nn.Conv2d)]

@@ -31,12 +31,8 @@ def kaiming_red(depth, channels=1, features=8, fused=False):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tiles gain nothing from threads, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here on one torch thread (conftest.one_thread)."""
 
 
 def whole(model, x):

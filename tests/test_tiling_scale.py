@@ -47,11 +47,8 @@ UPSAMPLERS = ["edsr_x2", "edsr_x3", "edsr_x4", "srresnet_x4", "espcn_x3", "fsrcn
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here on one torch thread (conftest.one_thread)."""
 
 
 def build(case: str) -> nn.Module:
