@@ -30,8 +30,9 @@ from . import testing  # the shared test cases and reference (tests, benchmarks,
 
 
 def backends() -> dict[str, dict]:
-    """Every backend with ``available``, the ``devices`` it runs on, and a ``detail`` line
-    saying what was built or why it cannot run here."""
+    """Every backend with ``available``, the ``devices`` it runs on, a ``detail`` line saying
+    what was built or why it cannot run here, and ``backward``: which kernels compute the
+    gradients in training."""
     from .backends import status
 
     return status()

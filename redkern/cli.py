@@ -566,6 +566,7 @@ def _info(args) -> int:
     print("backends:")
     for name, status in redkern.backends().items():
         print(f"  {name:7} {'available' if status['available'] else 'unavailable':11} {status['detail']}")
+        print(f"  {'':7} {'':11} backward: {status['backward']}")
     try:
         from . import _C
 

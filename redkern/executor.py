@@ -1,6 +1,7 @@
 """The one executor of layer plans (``redkern.plan``), three ways through the same steps.
 
-- ``"ops"``: every fused step is one ``torch.ops.redkern.conv2d_fused`` call. For autograd,
+- ``"ops"``: every fused step is one ``torch.ops.redkern.conv2d_fused`` call (``conv2d_fused_train``
+  where autograd needs more than the output: ``redkern.ops.fused_conv``). For autograd,
   tracing, ``torch.compile(fullgraph=True)`` and fake/meta tensors, which only the custom op's
   fake implementation and gradients understand.
 - ``"kernels"``: eager inference (no gradient needed). The backend's kernel is called directly
@@ -32,6 +33,7 @@ from . import backends as _backends
 from .backends.common import BackendUnavailable, conv_weight, is_channels_last, to_nhwc
 from .epilogue import apply_epilogue, kernel_slopes, output_size
 from .layer_plan import ConvStep, Plan, TorchStep, substitute
+from .ops import fused_conv
 from .validation import WorkingSetTooLarge
 
 __all__ = ["run", "needs_ops", "BufferPool", "LayerBackends", "as_module", "MODES"]
@@ -267,10 +269,20 @@ def _to_input_format(y, like: Tensor | None):
     return y
 
 
+def _autocast_dtype(first) -> torch.dtype | None:
+    """The dtype ``torch.autocast`` runs convolutions in on ``first``'s device, or None when it is off."""
+    if not isinstance(first, Tensor) or not first.is_floating_point():
+        return None
+    device = first.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+
+
 def _run_ops(plan: Plan, root, env, resolve, first):
-    ops = torch.ops.redkern
     produced_by_kernel = set()
     names = None
+    # Under torch.autocast the fused steps run in its dtype, as PyTorch's convolutions would: their
+    # inputs and (folded) weights are cast, the gradients flow back to the float32 parameters.
+    cast = _autocast_dtype(first)
     for i, step in enumerate(plan.steps):
         if isinstance(step, TorchStep):
             env[step.dst] = _run_torch_step(step, env, root)
@@ -283,11 +295,12 @@ def _run_ops(plan: Plan, root, env, resolve, first):
             env[step.dst] = _conv_unfused(step, env)
             continue
         x = env[step.src]
-        w, b = _step_weights(step, x.dtype, cached=False)
-        e = step.epilogue
-        env[step.dst] = ops.conv2d_fused(
-            x, w, b, env[step.extra] if step.extra is not None else None, step.act_weight, step.act2_weight,
-            step.transposed, list(step.padding), *e.encode(), name)
+        w, b = _step_weights(step, x.dtype if cast is None else step.conv.weight.dtype, cached=False)
+        extra = env[step.extra] if step.extra is not None else None
+        if cast is not None:
+            x, w, b, extra = (t.to(cast) if t is not None and t.dtype != cast else t for t in (x, w, b, extra))
+        env[step.dst] = fused_conv(x, w, b, extra, step.act_weight, step.act2_weight, step.transposed,
+                                   step.padding, step.epilogue, name)
         produced_by_kernel.add(step.dst)
     out = substitute(plan.output, {**env, **{v: _to_input_format(env[v], first) for v in produced_by_kernel}})
     return out

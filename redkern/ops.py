@@ -25,8 +25,9 @@ cannot run raises ``BackendUnavailable`` with the reason; nothing falls back sil
 
 Outputs keep the input's memory format: a channels_last input (``x.stride(1) == 1``) gives a
 channels_last output, anything else a contiguous NCHW output. Gradients are registered for
-every tensor input (computed with PyTorch's convolution backward and the epilogue's
-derivative), so fused models train.
+every tensor input, computed by the backend's own kernels from what the forward kept (see
+"autograd" below); ``fused_conv`` picks ``conv2d_fused_train`` where training needs the
+pre-join tensor too, so fused models train without computing any convolution twice.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .backends.common import is_channels_last
 from .epilogue import (ADD_RESIDUAL, RELU, RELU_ADD_RELU, Act, Epilogue, Residual, activation,
                        kernel_slopes, output_size, reference_conv2d)
 
-__all__ = ["conv2d_fused", "conv_relu", "deconv_relu", "deconv_residual", "check_conv_args"]
+__all__ = ["conv2d_fused", "conv2d_fused_train", "fused_conv", "conv_relu", "deconv_relu", "deconv_residual", "check_conv_args"]
 
 
 def check_conv_args(where: str, x: Tensor, weight: Tensor, bias: Tensor | None, extra: Tensor | None,
@@ -192,6 +193,37 @@ deconv_residual.register_fake(lambda x, weight, bias, residual, backend="auto": 
 
 
 # --- autograd -------------------------------------------------------------------------------
+#
+# What the forward keeps for the backward, chosen by the epilogue, so nothing is recomputed:
+# - act IDENTITY, RELU, TANH or LEAKY_RELU with slope >= 0 ("readable from the output": its
+#   derivative is a function of act(v)), residual NONE or BEFORE_ACT: the output y alone, the
+#   tensor the next layer keeps as its input anyway;
+# - otherwise (PRELU, LEAKY_RELU with a negative slope, or the residual AFTER_ACT) the op
+#   ``conv2d_fused_train`` runs the kernel up to the first activation (or only its linear part)
+#   and PyTorch the rest; it returns that pre-join tensor too, and the backward reads it: one
+#   map per layer, as many as PyTorch keeps for the same modules.
+# The backward runs our kernels: the gradient of the input is the backend's forward convolution
+# of the output gradient with the same weight read as the other layout (a Conv2d weight as a
+# ConvTranspose2d one and back: the flipped, channel-swapped convolution), the weight's and the
+# bias's the backend's ``conv2d_weight_grad`` (PyTorch's ``convolution_backward`` where a
+# backend has none: ``redkern.backends()`` says so).
+
+def _readable_from_output(act: Act, slope: float) -> bool:
+    return act in (Act.IDENTITY, Act.RELU, Act.TANH) or (act == Act.LEAKY_RELU and slope >= 0)
+
+
+def _through_act_by_output(g: Tensor, y: Tensor, act: Act, slope: float) -> Tensor:
+    """``g * act'(v)`` from ``y = act(v)`` (``_readable_from_output`` activations)."""
+    if act == Act.IDENTITY:
+        return g
+    if act == Act.RELU:
+        return torch.ops.aten.threshold_backward(g, y, 0)
+    if act == Act.LEAKY_RELU:
+        return torch.where(y > 0, g, g * slope)
+    if act == Act.TANH:
+        return g * (1 - y * y)
+    raise ValueError(f"the derivative of {act!r} cannot be read from its output")
+
 
 def _act_grad(v: Tensor, act: Act, slope: float, weight: Tensor | None) -> Tensor:
     """d act(v) / dv."""
@@ -218,54 +250,187 @@ def _prelu_weight_grad(g: Tensor, v: Tensor, weight: Tensor) -> Tensor:
     return contrib.sum(dim=(0, 2, 3)).reshape(weight.shape).to(weight.dtype)
 
 
+def _keeps_pre(e: Epilogue) -> bool:
+    """The backward of ``e`` needs the pre-join tensor (``conv2d_fused_train``), not only y."""
+    return e.residual == Residual.AFTER_ACT or not _readable_from_output(e.act, e.slope)
+
+
+def _pre_epilogue(e: Epilogue) -> Epilogue:
+    """The part of ``e`` the kernel runs in training when ``_keeps_pre(e)``: up to the first
+    activation if its derivative reads from its output, else only the linear part."""
+    act = e.act if _readable_from_output(e.act, e.slope) else Act.IDENTITY
+    residual = Residual.NONE if e.residual == Residual.AFTER_ACT else e.residual
+    return Epilogue(act=act, alpha=e.alpha, residual=residual, beta=e.beta, slope=e.slope)
+
+
+def _after_pre(pre: Tensor, e: Epilogue, extra, act_weight, act2_weight) -> Tensor:
+    """y from the pre-join tensor: the rest of ``e`` (``_pre_epilogue``) in PyTorch."""
+    u = pre if _readable_from_output(e.act, e.slope) else activation(pre, e.act, e.slope, act_weight)
+    if e.residual != Residual.AFTER_ACT:
+        return u
+    return activation(u + e.beta * extra, e.act2, e.slope2, act2_weight)
+
+
+@torch.library.custom_op("redkern::conv2d_fused_train", mutates_args=())
+def conv2d_fused_train(x: Tensor, weight: Tensor, bias: Tensor | None, extra: Tensor | None,
+                       act_weight: Tensor | None, act2_weight: Tensor | None, transposed: bool,
+                       padding: list[int], act: int, slope: float, alpha: float, residual: int,
+                       beta: float, act2: int, slope2: float,
+                       backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """``conv2d_fused``'s output and the pre-join tensor its backward reads (``_pre_epilogue``):
+    for training with epilogues whose derivative the output alone does not give."""
+    e = Epilogue.decode(act, slope, alpha, residual, beta, act2, slope2)
+    check_conv_args("redkern.conv2d_fused_train", x, weight, bias, extra, transposed, padding, e,
+                    act_weight, act2_weight, backend)
+    pe = _pre_epilogue(e)
+    pre = _forward("redkern.conv2d_fused_train", x, weight, bias, extra if pe.needs_extra else None, None, None,
+                   transposed, padding, pe, backend)
+    return _after_pre(pre, e, extra, act_weight, act2_weight), pre
+
+
+@conv2d_fused_train.register_fake
+def _(x, weight, bias, extra, act_weight, act2_weight, transposed, padding, act, slope, alpha, residual,
+      beta, act2, slope2, backend="auto"):
+    cout = weight.shape[1] if transposed else weight.shape[0]
+    kh, kw = weight.shape[2:]
+    shape = (x.shape[0], cout, output_size(x.shape[2], kh, padding[0], transposed),
+             output_size(x.shape[3], kw, padding[1], transposed))
+    return _empty_output(x, shape), _empty_output(x, shape)
+
+
+def fused_conv(x, weight, bias, extra, act_weight, act2_weight, transposed, padding, epilogue: Epilogue,
+               backend: str = "auto") -> Tensor:
+    """One fused layer through the custom ops: ``conv2d_fused``, or, when autograd will need what
+    its output alone does not give, ``conv2d_fused_train`` (its output)."""
+    tensors = (x, weight, bias, extra, act_weight, act2_weight)
+    training = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    op = conv2d_fused_train if training and _keeps_pre(epilogue) else conv2d_fused
+    out = op(x, weight, bias, extra, act_weight, act2_weight, transposed, list(padding), *epilogue.encode(),
+             backend)
+    return out[0] if op is conv2d_fused_train else out
+
+
+def _save(ctx, x, weight, bias, extra, act_weight, act2_weight, transposed, padding, e, backend, y, pre):
+    ctx.save_for_backward(x, weight, bias, extra, act_weight, act2_weight, y, pre)
+    ctx.transposed, ctx.padding, ctx.epilogue, ctx.backend = transposed, list(padding), e, backend
+    ctx.has_bias = bias is not None
+
+
 def _setup(ctx, inputs, output):
     x, weight, bias, extra, act_weight, act2_weight, transposed, padding, *codes, backend = inputs
-    ctx.save_for_backward(x, weight, bias, extra, act_weight, act2_weight)
-    ctx.transposed, ctx.padding = transposed, list(padding)
-    ctx.epilogue = Epilogue.decode(*codes)
-    ctx.has_bias = bias is not None
+    e = Epilogue.decode(*codes)
+    keep_y = not _keeps_pre(e) and e.act != Act.IDENTITY
+    _save(ctx, x, weight, bias, extra, act_weight, act2_weight, transposed, padding, e, backend,
+          output if keep_y else None, None)
+
+
+def _setup_train(ctx, inputs, output):
+    x, weight, bias, extra, act_weight, act2_weight, transposed, padding, *codes, backend = inputs
+    y, pre = output
+    ctx.mark_non_differentiable(pre)
+    _save(ctx, x, weight, bias, extra, act_weight, act2_weight, transposed, padding, Epilogue.decode(*codes),
+          backend, y, pre)
 
 
 def _backward(ctx, grad):
     return _grads(ctx, grad, ctx.needs_input_grad[:6]) + (None,) * 10
 
 
+def _backward_train(ctx, grad, _grad_pre):
+    return _backward(ctx, grad)
+
+
+def _pre_recomputed(ctx, x, weight, bias, extra):
+    """The pre-join tensor, computed again by the forward kernel: only when ``conv2d_fused``
+    (not ``conv2d_fused_train``) was called with an epilogue that needs it."""
+    pe = _pre_epilogue(ctx.epilogue)
+    with torch.no_grad():
+        return conv2d_fused(x, weight, bias, extra if pe.needs_extra else None, None, None, ctx.transposed,
+                            ctx.padding, *pe.encode(), ctx.backend)
+
+
 def _grads(ctx, grad, needs):
-    """Gradients of ``(x, weight, bias, extra, act_weight, act2_weight)``: the pre-activations
-    recomputed with PyTorch's convolution, the epilogue's derivative chained into
-    ``aten.convolution_backward``."""
-    x, weight, bias, extra, act_weight, act2_weight = ctx.saved_tensors
+    """Gradients of ``(x, weight, bias, extra, act_weight, act2_weight)`` from what the forward
+    kept (see the comment above ``_readable_from_output``)."""
+    x, weight, bias, extra, act_weight, act2_weight, y, pre = ctx.saved_tensors
     e = ctx.epilogue
-    conv = reference_conv2d(x, weight, None, None, transposed=ctx.transposed, padding=ctx.padding,
-                            epilogue=Epilogue())
-    v = e.alpha * conv if e.alpha != 1 else conv
-    if bias is not None:
-        v = v + bias.view(1, -1, 1, 1)
-    if e.residual == Residual.BEFORE_ACT:
-        v = v + e.beta * extra
+    if pre is None and _keeps_pre(e):
+        pre = _pre_recomputed(ctx, x, weight, bias, extra)
+    first_by_output = _readable_from_output(e.act, e.slope)
     g_act_w = g_act2_w = g_extra = None
     g = grad
     if e.residual == Residual.AFTER_ACT:
-        u = activation(v, e.act, e.slope, act_weight) + e.beta * extra
-        if e.act2 == Act.PRELU:
-            g_act2_w = _prelu_weight_grad(g, u, act2_weight)
-        g = g * _act_grad(u, e.act2, e.slope2, act2_weight)
+        if _readable_from_output(e.act2, e.slope2) and y is not None:
+            g = _through_act_by_output(g, y, e.act2, e.slope2)
+        else:
+            u = pre if first_by_output else activation(pre, e.act, e.slope, act_weight)
+            joined = u + e.beta * extra
+            if e.act2 == Act.PRELU:
+                g_act2_w = _prelu_weight_grad(g, joined, act2_weight)
+            g = g * _act_grad(joined, e.act2, e.slope2, act2_weight)
         g_extra = e.beta * g
-    if e.act == Act.PRELU:
-        g_act_w = _prelu_weight_grad(g, v, act_weight)
-    g_v = g * _act_grad(v, e.act, e.slope, act_weight)
+        by_output = pre  # u = act(v) when first_by_output, else v
+    else:
+        by_output = y
+    if first_by_output:
+        g_v = _through_act_by_output(g, by_output, e.act, e.slope)
+    else:
+        if e.act == Act.PRELU:
+            g_act_w = _prelu_weight_grad(g, pre, act_weight)
+        g_v = g * _act_grad(pre, e.act, e.slope, act_weight)
     if e.residual == Residual.BEFORE_ACT:
         g_extra = e.beta * g_v
-    cout = weight.shape[1] if ctx.transposed else weight.shape[0]
-    gx, gw, _ = torch.ops.aten.convolution_backward(
-        (e.alpha * g_v).contiguous(), x, weight, [cout], [1, 1], ctx.padding, [1, 1], ctx.transposed, [0, 0], 1,
-        [needs[0], needs[1], False])
-    g_bias = g_v.sum(dim=(0, 2, 3)) if ctx.has_bias and needs[2] else None
-    return (gx, gw, g_bias, g_extra if needs[3] else None, g_act_w if needs[4] else None,
-            g_act2_w if needs[5] else None)
+    g_conv = e.alpha * g_v if e.alpha != 1 else g_v
+    gx, gw, g_bias = _conv_grads(ctx, x, weight, g_conv, needs)
+    if ctx.has_bias and needs[2] and (g_bias is None or e.alpha != 1):
+        g_bias = g_v.sum(dim=(0, 2, 3))
+    return (gx, gw, g_bias if ctx.has_bias and needs[2] else None, g_extra if needs[3] else None,
+            g_act_w if needs[4] else None, g_act2_w if needs[5] else None)
+
+
+def _conv_grads(ctx, x, weight, g_conv, needs):
+    """``(grad x, grad weight, grad of a bias added after the convolution)`` for the gradient
+    ``g_conv`` at the convolution's output, by the backend that ran the forward (through the
+    ops, so that compiled and traced backwards see them too)."""
+    g_conv = g_conv.to(x.dtype)
+    gx = gw = gb = None
+    if needs[0]:
+        gx = conv2d_fused(g_conv, weight, None, None, None, None, not ctx.transposed, ctx.padding,
+                          *Epilogue().encode(), ctx.backend)
+    if needs[1] or needs[2]:
+        gw, gb = conv2d_weight_grad(x, g_conv, weight, ctx.transposed, ctx.padding, ctx.backend)
+        gw = gw.to(weight.dtype) if needs[1] else None
+        gb = gb.to(g_conv.dtype)
+    return gx, gw, gb
+
+
+@torch.library.custom_op("redkern::conv2d_weight_grad", mutates_args=())
+def conv2d_weight_grad(x: Tensor, grad: Tensor, weight: Tensor, transposed: bool, padding: list[int],
+                       backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """The gradients of a fused layer's weight (``weight``'s shape and layout, float32) and of a
+    bias added after its convolution (``[Cout]``, float32), for its input ``x`` and the gradient
+    ``grad`` at its convolution's output: the backend's ``conv2d_weight_grad`` kernel, or
+    PyTorch's ``convolution_backward`` for a backend without one (``redkern.backends()`` says)."""
+    impl = _backends.resolve(backend, x.device, x.dtype)
+    kernel = getattr(impl, "conv2d_weight_grad", None)
+    if kernel is not None:
+        return kernel(x, grad, weight_shape=tuple(weight.shape), transposed=transposed, padding=tuple(padding))
+    cout = weight.shape[1] if transposed else weight.shape[0]
+    _, gw, gb = torch.ops.aten.convolution_backward(
+        grad.contiguous(), x, weight.to(x.dtype), [cout], [1, 1], list(padding), [1, 1], transposed, [0, 0], 1,
+        [False, True, True])
+    return gw.float(), gb.float()
+
+
+@conv2d_weight_grad.register_fake
+def _(x, grad, weight, transposed, padding, backend="auto"):
+    cout = weight.shape[1] if transposed else weight.shape[0]
+    return (torch.empty(weight.shape, dtype=torch.float32, device=x.device),
+            torch.empty(cout, dtype=torch.float32, device=x.device))
 
 
 conv2d_fused.register_autograd(_backward, setup_context=_setup)
+conv2d_fused_train.register_autograd(_backward_train, setup_context=_setup_train)
 
 
 def _wrapper_autograd(op, transposed: bool, epilogue_of, takes_extra: bool):
@@ -273,9 +438,11 @@ def _wrapper_autograd(op, transposed: bool, epilogue_of, takes_extra: bool):
     def setup(ctx, inputs, output):
         x, weight, bias = inputs[:3]
         extra = inputs[3] if takes_extra else None
-        ctx.save_for_backward(x, weight, bias, extra, None, None)
-        ctx.transposed, ctx.padding, ctx.has_bias = transposed, [1, 1], True
-        ctx.epilogue = epilogue_of(extra)
+        backend = inputs[4] if takes_extra else inputs[3]
+        e = epilogue_of(extra)
+        keep_y = not _keeps_pre(e) and e.act != Act.IDENTITY
+        _save(ctx, x, weight, bias, extra, None, None, transposed, [1, 1], e, backend,
+              output if keep_y else None, None)
 
     def backward(ctx, grad):
         needs = ctx.needs_input_grad

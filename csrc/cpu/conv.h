@@ -81,6 +81,22 @@ struct ConvArgs {
 // Throws std::invalid_argument if this CPU lacks `isa` or `algorithm` cannot run the call.
 void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa);
 
+// One weight-gradient call (wgrad.h): the gradients of conv2d's weight and bias for the
+// gradient g at its output (the epilogue's derivative already applied). x and g are
+// NHWC-contiguous in the call's dtype; sizes as in ConvArgs.
+struct WgradArgs {
+  const void* x;  // [n, h, w, cin]
+  const void* g;  // [n, oh, ow, cout]
+  int n, h, w, oh, ow, cin, cout, kh, kw, ph, pw;
+  int nthreads;
+};
+
+// dw [cout][cin][kh][kw] (the Conv2d layout of the convolution run) and db [cout] (null: not
+// wanted), fp32, overwritten. Algorithm kDirect (any window) or kWinograd4x4 (3x3, padding 1).
+// Deterministic for a given thread count. Throws std::invalid_argument as conv2d does.
+void conv2d_weight_grad(const WgradArgs& args, float* dw, float* db, DType dtype,
+                        Algorithm algorithm, Isa isa);
+
 // The best ISA this CPU supports, lowered by REDKERN_CPU_ISA=generic|avx2|avx512 (read
 // once). Throws std::invalid_argument if the variable names an unknown ISA or one this CPU
 // lacks: a forced ISA is never silently replaced.

@@ -18,14 +18,13 @@ Isa best_supported_isa() {
   return Isa::kGeneric;
 }
 
-IsaKernels table_of(ConvFn df, ConvFn db, ConvFn wf, ConvFn wb, ConvFn ff, ConvFn fb,
-                    double (*peak)(int)) {
-  return IsaKernels{df, db, wf, wb, ff, fb, peak};
-}
+#define REDKERN_ISA_TABLE(isa)                                                            \
+  IsaKernels{isa::direct_f32,       isa::direct_bf16,       isa::winograd4_f32,          \
+             isa::winograd4_bf16,   isa::few_cout_f32,      isa::few_cout_bf16,          \
+             isa::fma_peak,         isa::wgrad_direct_f32,  isa::wgrad_direct_bf16,      \
+             isa::wgrad_winograd4_f32, isa::wgrad_winograd4_bf16}
 
-#define REDKERN_ISA_TABLE(isa)                                                          \
-  table_of(isa::direct_f32, isa::direct_bf16, isa::winograd4_f32, isa::winograd4_bf16, \
-           isa::few_cout_f32, isa::few_cout_bf16, isa::fma_peak)
+}  // namespace
 
 const IsaKernels& kernels_for(Isa isa) {
   if (!isa_supported(isa))
@@ -43,6 +42,8 @@ const IsaKernels& kernels_for(Isa isa) {
 #endif
   return generic_table;
 }
+
+namespace {
 
 std::string window(const ConvArgs& a) {
   return std::to_string(a.kh) + "x" + std::to_string(a.kw) + " kernel with padding (" +

@@ -5,11 +5,15 @@
 // run on a CPU that lacks it. Each algorithm is its own unit, so they compile in parallel.
 #pragma once
 
+#include <cstddef>
+
 #include "cpu/conv.h"
 
 namespace redkern::cpu {
 
 using ConvFn = void (*)(const ConvArgs&);
+// A weight-gradient kernel: sums into per-thread partials (wgrad.h), `stride` floats apart.
+using WgradFn = void (*)(const WgradArgs&, float* partials, std::size_t stride);
 
 struct IsaKernels {
   ConvFn direct_f32;
@@ -19,7 +23,14 @@ struct IsaKernels {
   ConvFn few_cout_f32;
   ConvFn few_cout_bf16;
   double (*fma_peak_gflops)(int nthreads);
+  WgradFn wgrad_direct_f32;
+  WgradFn wgrad_direct_bf16;
+  WgradFn wgrad_winograd4_f32;
+  WgradFn wgrad_winograd4_bf16;
 };
+
+// The kernel table of `isa`; throws std::invalid_argument if this CPU lacks it.
+const IsaKernels& kernels_for(Isa isa);
 
 // The entry points of one ISA's units, in namespace redkern::cpu::<isa>.
 #define REDKERN_ISA_ENTRY_POINTS(isa)              \
@@ -31,6 +42,10 @@ struct IsaKernels {
   void few_cout_f32(const ConvArgs& a);            \
   void few_cout_bf16(const ConvArgs& a);           \
   double fma_peak(int nthreads);                   \
+  void wgrad_direct_f32(const WgradArgs& a, float* partials, std::size_t stride);     \
+  void wgrad_direct_bf16(const WgradArgs& a, float* partials, std::size_t stride);    \
+  void wgrad_winograd4_f32(const WgradArgs& a, float* partials, std::size_t stride);  \
+  void wgrad_winograd4_bf16(const WgradArgs& a, float* partials, std::size_t stride); \
   }
 
 REDKERN_ISA_ENTRY_POINTS(generic)

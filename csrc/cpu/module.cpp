@@ -283,6 +283,57 @@ PYBIND11_MODULE(_C, m) {
       "redkern/epilogue.def. isa '' means selected_isa()");
 
   m.def(
+      "conv2d_weight_grad",
+      [](std::uintptr_t x, std::int64_t x_numel, std::uintptr_t g, std::int64_t g_numel,
+         std::uintptr_t dw, std::int64_t dw_numel, std::uintptr_t db, std::int64_t db_numel, int n,
+         int h, int w, int cin, int cout, int kh, int kw, int ph, int pw, DType dtype,
+         Algorithm algorithm, int nthreads, const std::string& isa) {
+        const char* where = "conv2d_weight_grad";
+        const Layer L{n, h, w, cin, cout, kh, kw};
+        if (n < 1 || h < 1 || w < 1 || cin < 1)
+          throw std::invalid_argument(std::string(where) + ": the input needs N, Cin, H, W >= 1, got " +
+                                      L.input() + " for the " + L.weight());
+        check_weight(where, cin, cout, kh, kw);
+        if (ph < 0 || ph >= kh || pw < 0 || pw >= kw)
+          throw std::invalid_argument(std::string(where) + ": padding (" + str(ph) + ", " + str(pw) +
+                                      ") must be 0..k-1 on each axis for the " + L.weight());
+        const std::int64_t oh = std::int64_t(h) + 2 * ph - kh + 1, ow = std::int64_t(w) + 2 * pw - kw + 1;
+        if (oh < 1 || ow < 1 || oh > INT_MAX || ow > INT_MAX)
+          throw std::invalid_argument(std::string(where) + ": a " + str(kh) + "x" + str(kw) +
+                                      " window with padding (" + str(ph) + ", " + str(pw) +
+                                      ") leaves no output of the " + L.input());
+        const std::string grad_shape = "gradient [N=" + str(n) + ", Cout=" + str(cout) + ", OH=" +
+                                       str(oh) + ", OW=" + str(ow) + "]";
+        check_numel(where, x_numel, std::int64_t(n) * h * w * cin, "input", L.input());
+        check_numel(where, g_numel, std::int64_t(n) * oh * ow * cout, "gradient", grad_shape);
+        check_numel(where, dw_numel, std::int64_t(cout) * cin * kh * kw, "weight gradient",
+                    "fp32 [Cout, Cin, kh, kw] of the " + L.weight());
+        if (db != 0 || db_numel != 0)
+          check_numel(where, db_numel, cout, "bias gradient", "one fp32 value per output channel");
+        const std::int64_t elem = dtype == DType::kBFloat16 ? 2 : 4;
+        if (overlaps(dw, dw_numel * 4, x, x_numel * elem) || overlaps(dw, dw_numel * 4, g, g_numel * elem) ||
+            overlaps(db, db_numel * 4, x, x_numel * elem) || overlaps(db, db_numel * 4, g, g_numel * elem) ||
+            overlaps(db, db_numel * 4, dw, dw_numel * 4))
+          throw std::invalid_argument(std::string(where) + ": the gradients must not overlap the inputs "
+                                      "or each other");
+        const Isa chosen = isa_or_selected(isa);
+        WgradArgs args{as_ptr<const void>(x, "input"), as_ptr<const void>(g, "gradient"),
+                       n, h, w, int(oh), int(ow), cin, cout, kh, kw, ph, pw, nthreads < 1 ? 1 : nthreads};
+        float* db_p = db != 0 ? reinterpret_cast<float*>(db) : nullptr;
+        py::gil_scoped_release nogil;
+        conv2d_weight_grad(args, as_ptr<float>(dw, "weight gradient"), db_p, dtype, algorithm, chosen);
+      },
+      py::arg("x"), py::arg("x_numel"), py::arg("g"), py::arg("g_numel"), py::arg("dw"),
+      py::arg("dw_numel"), py::arg("db"), py::arg("db_numel"), py::arg("n"), py::arg("h"),
+      py::arg("w"), py::arg("cin"), py::arg("cout"), py::arg("kh"), py::arg("kw"), py::arg("ph"),
+      py::arg("pw"), py::arg("dtype"), py::arg("algorithm"), py::arg("nthreads"),
+      py::arg("isa") = "",
+      "dw [cout, cin, kh, kw] and db [cout] (fp32; db 0 = not wanted) of a stride-1 convolution "
+      "with padding (ph, pw), from its NHWC input x [n, h, w, cin] and the NHWC gradient g at "
+      "its output [n, oh, ow, cout], both of `dtype`; algorithm direct or winograd4x4 (3x3, "
+      "padding 1); deterministic for a given nthreads");
+
+  m.def(
       "measure_fma_peak_gflops",
       [](int nthreads, const std::string& isa) {
         const Isa chosen = isa_or_selected(isa);

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cpu/kernel_util.h"
+#include "cpu/winograd.h"
 
 namespace redkern::cpu {
 
@@ -17,15 +18,6 @@ float conv_tap(const float* w, int cin, int cout, int kh, int kw, bool transpose
              ? w[((std::size_t(ci) * cout + co) * kh + (kh - 1 - ky)) * kw + (kw - 1 - kx)]
              : w[((std::size_t(co) * cin + ci) * kh + ky) * kw + kx];
 }
-
-// Winograd F(4x4, 3x3) kernel transform G (6x3): row j is (1, p, p^2) / prod_{q != p} (p - q)
-// for the points p = 0, 1, -1, 1/2, -2, and (0, 0, 1) for infinity (see winograd.h).
-constexpr double kG[6][3] = {{1, 0, 0},
-                             {1.0 / 3, 1.0 / 3, 1.0 / 3},
-                             {-1.0 / 3, 1.0 / 3, -1.0 / 3},
-                             {-16.0 / 15, -8.0 / 15, -4.0 / 15},
-                             {1.0 / 15, -2.0 / 15, 4.0 / 15},
-                             {0, 0, 1}};
 
 }  // namespace
 
@@ -63,7 +55,7 @@ void pack_weight(const float* w, int cin, int cout, int kh, int kw, bool transpo
             for (int k = 0; k < 6; ++k) {
               double u = 0;
               for (int a = 0; a < 3; ++a)
-                for (int b = 0; b < 3; ++b) u += kG[i][a] * double(tap(a * 3 + b)) * kG[k][b];
+                for (int b = 0; b < 3; ++b) u += winograd::kG[i][a] * double(tap(a * 3 + b)) * winograd::kG[k][b];
               packed[(std::size_t(i * 6 + k) * cin + ci) * cp + co] = float(u);
             }
           break;

@@ -30,6 +30,15 @@ namespace redkern::cpu::winograd {
 //         [0  1/2 -1 -1/2  1  0]       [ 1/15  -2/15   4/15 ]
 //         [0   1 -3/2 -2  3/2 1]       [   0      0      1  ]
 
+// G (6x3) exactly: row j is (1, p, p^2) / prod_{q != p} (p - q) for the points p = 0, 1, -1,
+// 1/2, -2, and (0, 0, 1) for infinity. Applied in fp64 (pack.cpp, wgrad.cpp).
+constexpr double kG[6][3] = {{1, 0, 0},
+                             {1.0 / 3, 1.0 / 3, 1.0 / 3},
+                             {-1.0 / 3, 1.0 / 3, -1.0 / 3},
+                             {-16.0 / 15, -8.0 / 15, -4.0 / 15},
+                             {1.0 / 15, -2.0 / 15, 4.0 / 15},
+                             {0, 0, 1}};
+
 // B^T applied to 6 values (one row or column of an input tile).
 template <class S>
 inline void input_1d(const typename S::V d[6], typename S::V out[6]) {

@@ -27,6 +27,11 @@ slopes2=None, out=None) -> Tensor``
     Returns a dense NHWC (``stride(1) == 1``) ``[N, Cout, OH, OW]`` tensor in ``x``'s dtype:
     ``out`` when given (it must be exactly that). Never writes outside ``out``; writes
     every element of it.
+
+Optional: ``conv2d_weight_grad(x, grad, *, weight_shape, transposed, padding) -> (grad_weight,
+grad_bias)``, float32, the weight's (in the module's layout) and the bias's gradients for the
+gradient ``grad`` at the convolution's output. The ops' backward uses it where a backend has it
+and PyTorch's ``convolution_backward`` elsewhere (``status()[name]["backward"]`` says which).
 """
 
 from __future__ import annotations
@@ -83,9 +88,19 @@ def _load(name: str):
     return _loaded[name]
 
 
+def backward_of(mod) -> str:
+    """How the ops' backward runs on a backend module: the input's gradient is always its own
+    forward kernel; the weight's is its ``conv2d_weight_grad`` where it has one."""
+    if hasattr(mod, "conv2d_weight_grad"):
+        return "these kernels (input gradient: the forward kernel; weight and bias: conv2d_weight_grad)"
+    return ("input gradient by these kernels; weight and bias gradients by PyTorch "
+            "(aten.convolution_backward)")
+
+
 def status() -> dict[str, dict]:
-    """``{name: {"available": bool, "devices": [...], "detail": str}}`` for every backend."""
-    return {name: _load(name).status() for name in BACKEND_NAMES[1:]}
+    """``{name: {"available": bool, "devices": [...], "detail": str, "backward": str}}`` for every
+    backend (``backward``: ``backward_of``)."""
+    return {name: {**_load(name).status(), "backward": backward_of(_load(name))} for name in BACKEND_NAMES[1:]}
 
 
 def resolve(name: str, device: torch.device, dtype=None):

@@ -275,3 +275,51 @@ def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: 
               _dtype_code(x.dtype), algorithm, torch.get_num_threads(), isa or "")
     del keep1, keep2
     return y
+
+
+def weight_grad_algorithm(cin: int, cout: int, kernel, padding, transposed: bool):
+    """The ``_C.Algorithm`` of a layer's weight gradient: Winograd F(4x4,3x3) where the forward
+    takes it (3x3, equivalent padding 1, both channel counts >= 16), else direct."""
+    kh, kw, ph, pw = conv_geometry(kernel, padding, transposed)
+    if _winograd_fits(kh, kw, ph, pw) and min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
+        return _C.Algorithm.winograd4x4
+    return _C.Algorithm.direct
+
+
+def conv2d_weight_grad(x, grad, *, weight_shape, transposed: bool, padding, algorithm=None,
+                       isa=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(grad_weight, grad_bias)`` of one stride-1 convolution, by our kernels (csrc/cpu/wgrad.h).
+
+    ``x`` ``[N, Cin, H, W]`` is the layer's input and ``grad`` ``[N, Cout, OH, OW]`` the gradient
+    at its convolution's output (any layout, float32 or bfloat16, both alike); ``weight_shape``
+    the ``nn.Conv2d`` ``[Cout, Cin, kh, kw]`` or, with ``transposed``, ``nn.ConvTranspose2d``
+    ``[Cin, Cout, kh, kw]`` shape; ``padding`` ``(ph, pw)`` as that module takes it. Returns
+    the weight's gradient in that layout and the bias's ``[Cout]``, float32 (fp32 accumulation),
+    equal to ``aten.convolution_backward``'s; deterministic for a given thread count.
+    """
+    _check_dtype(x.dtype)
+    if grad.dtype != x.dtype or x.dim() != 4 or grad.dim() != 4 or len(weight_shape) != 4:
+        raise ValueError(f"conv2d_weight_grad takes 4-D x and grad of one dtype and a 4-D weight shape, got "
+                         f"x {x.dtype} {tuple(x.shape)}, grad {grad.dtype} {tuple(grad.shape)}, weight "
+                         f"{tuple(weight_shape)}")
+    n, cin, h, w = x.shape
+    kh, kw = weight_shape[2:]
+    cout = weight_shape[1] if transposed else weight_shape[0]
+    if (weight_shape[0] if transposed else weight_shape[1]) != cin:
+        raise ValueError(f"the weight shape {tuple(weight_shape)} does not take the input's {cin} channels")
+    ph, pw = _pair(padding, "padding")
+    _, _, cph, cpw = conv_geometry((kh, kw), (ph, pw), transposed)
+    oh, ow = output_size(h, kh, ph, transposed), output_size(w, kw, pw, transposed)
+    if tuple(grad.shape) != (n, cout, oh, ow):
+        raise ValueError(f"grad must have the layer's output shape {(n, cout, oh, ow)}, got {tuple(grad.shape)}")
+    if algorithm is None:
+        algorithm = weight_grad_algorithm(cin, cout, (kh, kw), (ph, pw), transposed)
+    xh, gh = to_nhwc(x.detach()), to_nhwc(grad.detach())
+    dw = torch.empty((cout, cin, kh, kw), dtype=torch.float32)
+    db = torch.empty(cout, dtype=torch.float32)
+    _C.conv2d_weight_grad(xh.data_ptr(), xh.numel(), gh.data_ptr(), gh.numel(), dw.data_ptr(), dw.numel(),
+                          db.data_ptr(), db.numel(), n, h, w, cin, cout, kh, kw, cph, cpw,
+                          _dtype_code(x.dtype), algorithm, torch.get_num_threads(), isa or "")
+    if transposed:  # the equivalent convolution's weight, back to the ConvTranspose2d layout
+        dw = dw.flip(2, 3).transpose(0, 1).contiguous()
+    return dw, db
