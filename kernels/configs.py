@@ -49,3 +49,34 @@ INTERPRETER_TILE = Tile(256, 64, 64, 4, 1)
 # Fraction of the device's opt-in shared memory a config's operand pipeline may fill
 # (the rest is left to Triton's own scratch, e.g. layout conversions in the epilogue).
 SHARED_MEMORY_FRACTION = 0.9
+
+
+# --- the weight gradient (kernels/conv2d_wgrad.py) ----------------------------------------------
+#
+# Its GEMM is ``dW[Cout, KH*KW*Cin] = G^T[Cout, P] @ X[P, KH*KW*Cin]`` over the P = N*OH*OW
+# output pixels, so a Tile's ``block_m`` spans output channels, ``block_n`` columns
+# (tap, input channel) and ``block_k`` pixels. The launcher (``conv2d_wgrad.fit_tile``) shrinks
+# ``block_m`` to Cout and ``block_n`` to the window's taps x Cin (several taps per block when Cin
+# is small), never below 16. Not yet measured on a GPU: long pixel steps because K is the long
+# axis, 64x64 channel tiles for the released models' 64 features.
+WGRAD_GPU_TILES: tuple[Tile, ...] = (
+    Tile(64, 64, 64, 4, 3),
+    Tile(64, 64, 128, 4, 3),
+    Tile(64, 64, 128, 8, 4),
+    Tile(128, 64, 64, 8, 3),
+    Tile(64, 128, 64, 4, 3),
+    Tile(128, 128, 32, 8, 3),
+)
+
+# One interpreted tile (its cost is per program and loop step, so few big steps).
+WGRAD_INTERPRETER_TILE = Tile(64, 64, 128, 4, 1)
+
+# The pixels are split into chunks, each program summing one chunk into its own fp32 partial
+# (added in a fixed order afterwards: no atomics, bitwise reproducible). A chunk is a multiple
+# of WGRAD_CHUNK_ALIGN pixels (a multiple of every tile's block_k) and at least
+# WGRAD_MIN_CHUNK_PIXELS long; on a GPU the chunk count aims at WGRAD_PROGRAMS_PER_SM programs
+# per SM. The interpreter splits at every WGRAD_CHUNK_ALIGN pixels, so small tests have chunks.
+WGRAD_CHUNK_ALIGN = 128
+WGRAD_MIN_CHUNK_PIXELS = 2048
+WGRAD_PROGRAMS_PER_SM = 2
+WGRAD_MAX_CHUNKS = 256

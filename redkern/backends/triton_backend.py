@@ -22,16 +22,17 @@ import os
 
 import torch
 
-from ..epilogue import Epilogue
+from ..epilogue import Epilogue, output_size
 from .common import BackendUnavailable, WeightCache, conv_weight, to_nhwc
 
 try:
     import triton
 
     from ..kernels import conv2d as _kernels
+    from ..kernels import conv2d_wgrad as _wgrad_kernels
     _IMPORT_ERROR = None
 except Exception as e:  # not installed, or broken: the package still imports; status() says why
-    triton = _kernels = None
+    triton = _kernels = _wgrad_kernels = None
     _IMPORT_ERROR = e
 
 _weights = WeightCache()
@@ -202,3 +203,53 @@ def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: 
         to_nhwc(extra.detach()) if extra is not None else None,
         kernel=kernel, padding=conv_padding, epilogue=epilogue, slopes=slopes, slopes2=slopes2,
         out=out, allow_tf32=x.dtype == torch.float32 and tf32_allowed())
+
+
+def conv2d_weight_grad(x, grad, *, weight_shape, transposed: bool, padding) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias gradients of one stride-1 convolution (the contract in ``redkern.backends``).
+
+    ``x`` the layer's input ``[N, Cin, H, W]`` in any layout; ``grad`` the gradient at the
+    convolution's output (the activation's derivative and alpha already applied)
+    ``[N, Cout, OH, OW]`` in any layout, x's dtype and device; ``weight_shape`` the module
+    weight's shape, Conv2d ``[Cout, Cin, KH, KW]`` or, with ``transposed``, ConvTranspose2d
+    ``[Cin, Cout, KH, KW]``; ``padding`` ``(PH, PW)`` as those modules take it,
+    ``0 <= p <= k - 1``. Returns float32 ``(grad_weight, grad_bias)`` (fp32 accumulation for
+    every input dtype; ``redkern.ops`` casts them to the parameters' dtypes): ``grad_weight``
+    contiguous in the module's layout, ``grad_bias`` ``[Cout]``; the values of
+    ``aten.convolution_backward``'s weight and bias gradients, bitwise the same every call.
+    """
+    check_can_run(x.device)
+    problem = _dtype_problem(x.dtype, x.device)
+    if problem:  # as conv2d: a dtype it never takes is a TypeError; bfloat16 on an old GPU a missing feature
+        if x.dtype not in _dtypes():
+            raise TypeError(problem)
+        raise BackendUnavailable(problem)
+    if x.dim() != 4 or grad.dim() != 4:
+        raise ValueError(f"x must be [N, Cin, H, W] and grad [N, Cout, OH, OW], got shapes "
+                         f"{tuple(x.shape)} and {tuple(grad.shape)}")
+    if grad.dtype != x.dtype or grad.device != x.device:
+        raise ValueError(f"grad is {grad.dtype} on {grad.device}; x is {x.dtype} on {x.device}")
+    layout = "ConvTranspose2d [Cin, Cout, KH, KW]" if transposed else "Conv2d [Cout, Cin, KH, KW]"
+    shape = tuple(weight_shape)
+    if len(shape) != 4 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise ValueError(f"weight_shape must be the {layout} shape, 4 ints >= 1, got {weight_shape!r}")
+    cin, cout = (shape[0], shape[1]) if transposed else (shape[1], shape[0])
+    if x.shape[1] != cin:
+        raise ValueError(f"x has {x.shape[1]} channels but the {layout} weight {shape} takes {cin}")
+    kernel = shape[2:]
+    conv_padding = _conv_padding(kernel, padding, transposed)
+    (ph, pw), (n, _, h, w) = _pair(padding), x.shape
+    out_shape = (n, cout, output_size(h, kernel[0], ph, transposed), output_size(w, kernel[1], pw, transposed))
+    if out_shape[2] < 1 or out_shape[3] < 1:
+        raise ValueError(f"a {kernel[0]}x{kernel[1]} kernel with padding {(ph, pw)} leaves no output of x "
+                         f"{tuple(x.shape)}")
+    if tuple(grad.shape) != out_shape:
+        raise ValueError(f"grad must be the layer's output shape [N, Cout, OH, OW] = {list(out_shape)} "
+                         f"(x {tuple(x.shape)}, {layout} weight {shape}, padding {(ph, pw)}), "
+                         f"got {tuple(grad.shape)}")
+    dw, db = _wgrad_kernels.conv2d_weight_grad_nhwc(
+        to_nhwc(x.detach()), to_nhwc(grad.detach()), kernel=kernel, padding=conv_padding,
+        allow_tf32=x.dtype == torch.float32 and tf32_allowed())
+    if transposed:  # the inverse of conv_weight: swap the channels back, un-flip the window
+        dw = dw.flip(2, 3).transpose(0, 1)
+    return dw.contiguous(), db
