@@ -1,5 +1,5 @@
 """Training speed, side by side in one process: a full RED-Net step (forward, MSE loss,
-backward, Adam) on the fused model against the reference model in NCHW, in channels_last and
+backward, fused Adam) on the fused model against the reference model in NCHW, in channels_last and
 under ``torch.compile``, with medians of repeated steps.
 
     python bench/compare_training.py                      # RED30-64, batch 64 of 50x50, fp32
@@ -86,7 +86,7 @@ def grad_error(depth: int, features: int, x, y) -> float:
 
 def time_runner(name: str, depth: int, features: int, x, y, steps: int, warmup: int) -> list[float]:
     model, channels_last = make_model(name, depth, features, 0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as redkern train
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     for _ in range(warmup):

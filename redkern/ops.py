@@ -268,7 +268,19 @@ def _after_pre(pre: Tensor, e: Epilogue, extra, act_weight, act2_weight) -> Tens
     u = pre if _readable_from_output(e.act, e.slope) else activation(pre, e.act, e.slope, act_weight)
     if e.residual != Residual.AFTER_ACT:
         return u
-    return activation(u + e.beta * extra, e.act2, e.slope2, act2_weight)
+    joined = _scaled_add(u, extra, e.beta)
+    if e.act2 == Act.RELU:
+        return joined.relu_()  # a fresh tensor: in place saves a pass over the map
+    return activation(joined, e.act2, e.slope2, act2_weight)
+
+
+def _scaled_add(a: Tensor, b: Tensor, beta: float) -> Tensor:
+    """``a + beta * b`` in one pass."""
+    return a + b if beta == 1 else torch.add(a, b, alpha=beta)
+
+
+def _scaled(t: Tensor, beta: float) -> Tensor:
+    return t if beta == 1 else beta * t
 
 
 @torch.library.custom_op("redkern::conv2d_fused_train", mutates_args=())
@@ -364,11 +376,11 @@ def _grads(ctx, grad, needs):
             g = _through_act_by_output(g, y, e.act2, e.slope2)
         else:
             u = pre if first_by_output else activation(pre, e.act, e.slope, act_weight)
-            joined = u + e.beta * extra
+            joined = _scaled_add(u, extra, e.beta)
             if e.act2 == Act.PRELU:
                 g_act2_w = _prelu_weight_grad(g, joined, act2_weight)
             g = g * _act_grad(joined, e.act2, e.slope2, act2_weight)
-        g_extra = e.beta * g
+        g_extra = _scaled(g, e.beta)
         by_output = pre  # u = act(v) when first_by_output, else v
     else:
         by_output = y
@@ -379,8 +391,8 @@ def _grads(ctx, grad, needs):
             g_act_w = _prelu_weight_grad(g, pre, act_weight)
         g_v = g * _act_grad(pre, e.act, e.slope, act_weight)
     if e.residual == Residual.BEFORE_ACT:
-        g_extra = e.beta * g_v
-    g_conv = e.alpha * g_v if e.alpha != 1 else g_v
+        g_extra = _scaled(g_v, e.beta)
+    g_conv = _scaled(g_v, e.alpha)
     gx, gw, g_bias = _conv_grads(ctx, x, weight, g_conv, needs)
     if ctx.has_bias and needs[2] and (g_bias is None or e.alpha != 1):
         g_bias = g_v.sum(dim=(0, 2, 3))

@@ -13,7 +13,7 @@ What it does, as the paper did (``shared/RED-NET.md``) unless said otherwise:
   ``patch`` crops (50 by default) with a random flip/rotation (the 8 symmetries of the
   square), degraded by ``redkern.degradations`` with one level per patch drawn from
   ``levels`` (e.g. sigma uniform in [0, 50] for one blind denoiser).
-- **Loss and optimizer**: MSE, Adam. Learning rate: the paper's constant 1e-4 is meant for
+- **Loss and optimizer**: MSE, Adam (PyTorch's fused implementation). Learning rate: the paper's constant 1e-4 is meant for
   hundreds of thousands of steps; for budgets of ~10^4 steps we default to a peak of 5e-4 with
   a linear warm-up and a cosine decay to zero (``--schedule constant --lr 1e-4`` is the
   paper's). Steps whose loss is not finite roll back to the last snapshot at half the rate.
@@ -22,11 +22,12 @@ What it does, as the paper did (``shared/RED-NET.md``) unless said otherwise:
   a resumed run sees exactly the batches the uninterrupted one would. On the CPU a run repeats
   bit for bit; on CUDA cuDNN's algorithm choice and atomics make it repeat to float rounding
   only (``--deterministic`` asks PyTorch for deterministic algorithms).
-- **Model**: ``--model auto`` trains the reference model on CUDA (cuDNN is faster than our
-  kernels there, which are forward-only) and the fused model on the CPU (its C++ forward is
-  as fast or faster; gradients come from PyTorch either way). Same parameters, same
-  checkpoint. ``--amp bf16`` runs the convolutions under bfloat16 autocast (loss in fp32);
-  on CUDA activations are kept channels_last.
+- **Model**: ``--model auto`` trains the fused model on the CPU, where our kernels run the
+  forward and the backward (``bench/compare_training.py`` measures it against PyTorch), and
+  the reference model on CUDA (cuDNN; our GPU backward has not been measured there yet). Same
+  parameters, same checkpoint; the first log line says which model trains. ``--amp bf16`` runs
+  the convolutions under bfloat16 autocast (bf16 activations, fp32 weights, accumulation and
+  loss), the fused model's kernels included; on CUDA activations are kept channels_last.
 - **Checkpoints**: ``out`` holds the model, the optimizer, the step, the config and the
   validation history; it is rewritten atomically every ``ckpt_every`` steps or
   ``ckpt_seconds`` and at the end. Running again with the same ``out`` resumes.
@@ -272,7 +273,7 @@ def train(cfg: TrainConfig) -> dict:
     channels_last = device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=True)  # one kernel per step, CPU and CUDA
     step, history, elapsed = 0, [], 0.0
     if resumed:
         model.load_state_dict(ckpt["model"])
