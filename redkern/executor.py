@@ -302,8 +302,8 @@ def _run_ops(plan: Plan, root, env, resolve, first):
         env[step.dst] = fused_conv(x, w, b, extra, step.act_weight, step.act2_weight, step.transposed,
                                    step.padding, step.epilogue, name)
         produced_by_kernel.add(step.dst)
-    out = substitute(plan.output, {**env, **{v: _to_input_format(env[v], first) for v in produced_by_kernel}})
-    return out
+    results = {v: _to_input_format(env[v], first) for v in plan.output_values if v in produced_by_kernel}
+    return substitute(plan.output, {**env, **results})
 
 
 def available_memory(device: torch.device) -> int | None:
