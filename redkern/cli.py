@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="model precision (default: float32)")
     t = model.add_argument_group("tiling")
-    t.add_argument("--tile", type=_positive, default=512, help="tile size fed to the model, halo included (default: 512)")
+    t.add_argument("--tile", type=_positive, help="largest window fed to the model, halo included (default: sized "
+                   "from the memory available, and said; 512 with --scheduler)")
     t.add_argument("--halo", type=_non_negative, help="context around each tile (default: the receptive "
                    "field radius, which makes tiling exact)")
     t.add_argument("--allow-inexact", action="store_true", help="accept a halo below the radius")
@@ -378,6 +379,7 @@ def _check_tileable(model, name: str) -> None:
 # --- commands -----------------------------------------------------------------------------
 
 MAX_TILE_OVERHEAD = 4.0  # the CLI refuses windows whose halos cost more than this x whole-image compute
+DISTRIBUTED_TILE = 512  # --scheduler's window without --tile: chunks are multiples of its core
 
 
 def _restore(args) -> int:
@@ -406,6 +408,8 @@ def _restore(args) -> int:
     oh, ow = run.output_size
     size = f"{run.height}x{run.width}" + ("" if (oh, ow) == (run.height, run.width) else f" -> {oh}x{ow}" + (
         f" (x{run.scale})" if run.scale != 1 else f" (unpadded: {run.trim} px less at every border)"))
+    if run.tile_choice:
+        logging.getLogger("redkern").info("%s", run.tile_choice)
     print(f"wrote {args.output}: {size}, {_tiles(run.tiles, run.tile_shape, run.halo)}, "
           f"{run.megapixels:.3g} MP in {run.seconds:.2f} s ({run.megapixels_per_second:.3g} MP/s) on {run.device}")
     return 0
@@ -445,7 +449,8 @@ def _restore_distributed(args) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the halo note is the library's; the CLI's words say enough
-            run = distributed.restore(args.input, args.output, model, client=args.scheduler, tile=args.tile,
+            run = distributed.restore(args.input, args.output, model, client=args.scheduler,
+                                      tile=args.tile or DISTRIBUTED_TILE,
                                       halo=args.halo, chunk=args.chunk, allow_inexact=args.allow_inexact,
                                       overwrite=args.overwrite, resume=args.resume,
                                       out_dtype=None if args.out_dtype == "same" else args.out_dtype,
@@ -478,12 +483,15 @@ def _cli_words(message: str) -> str:
 
 def _check_fit(args, model, height: int, width: int):
     """The halo and tiles the options ask for, or a UsageError saying why they cannot work."""
-    from .tiling import plan_tiles, resolve_halo, smallest_window, tile_overhead
+    from .tiling import default_tile, plan_tiles, resolve_halo, smallest_window, tile_overhead
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the run itself warns about an inexact halo
             halo = resolve_halo(model, args.halo, args.allow_inexact)
+        if args.tile is None:
+            args.tile, choice = default_tile(model, height, width, halo=halo, batch=args.batch)
+            logging.getLogger("redkern").info("%s", choice)
         tiles = plan_tiles(height, width, args.tile, halo)
     except ValueError as e:
         raise UsageError(_cli_words(str(e))) from e

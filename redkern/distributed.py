@@ -17,8 +17,8 @@ whole image). The grid is ``plan_grid(height, width, tile, halo)``; it does not 
 chunking, so every chunking gives the same bytes, and the single-process engine run on the same
 grid (``tiling.prepare_restore(...)`` with its ``tiles`` replaced by ``plan_grid``) gives them
 too. Against whole-image inference the result is equal to float rounding, as for any tiling.
-(``redkern restore`` without ``--scheduler`` uses ``tiling.plan_tiles``, whose windows are
-shifted inward to one shape: equal to this one to float rounding, not bit for bit.)
+(``redkern restore`` without ``--scheduler`` uses ``tiling.plan_tiles``, whose windows are all
+of one size, the smallest that covers: equal to this one to float rounding, not bit for bit.)
 
 **Chunks and tasks.** The output zarr's chunks are multiples of the core (``chunk``, chosen
 near 1024 px by default; a user's own output array whose chunks are not multiples is refused,

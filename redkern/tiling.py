@@ -4,9 +4,14 @@ An output pixel depends on the input within the model's receptive field radius (
 per 3x3 layer for RED; ``receptive_field``). So each tile's *window* is fed to the model with
 a *halo* of at least that radius around the *core* it keeps; the core is cropped out (never
 blended) and the cores tile the image exactly. At the true image border the window is clamped
-to the image, not padded, so the model sees the same zero padding as on the whole image; edge
-windows are shifted inward so every window has the same shape (the whole image, along an
-axis shorter than the tile). The result equals whole-image inference to float rounding.
+to the image, not padded, so the model sees the same zero padding as on the whole image, and a
+window there needs the halo on its inner side only. Along each axis the plan takes the fewest
+windows of at most ``tile`` pixels whose cores cover it, all of one size, the smallest that
+does (the whole image, along an axis no longer than the tile; ``_untrimmed_spans``): 4096 px
+with ``tile=2048`` and a halo of 30 is three windows of 1406, not three of 2048: 4096^2 costs
+1.06x the pixels of the image, not 2.25x. Without a ``tile`` the window is sized from the memory the model's device has
+available (``default_tile``) and the run says what it chose. The result equals whole-image
+inference to float rounding.
 
 Upsamplers (EDSR, SRResNet, ESPCN, FSRCNN...) tile the same way: tiles are planned on the
 input grid, and a network of scale ``s`` (output pixels per input pixel along each axis, read
@@ -36,6 +41,8 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import math
+import os
 import sys
 import time
 import warnings
@@ -48,7 +55,7 @@ log = logging.getLogger("redkern")
 
 __all__ = ["Tile", "TiledRun", "InexactTilingWarning", "ReceptiveField", "receptive_field", "plan_tiles", "output_size",
            "resolve_halo", "tiled", "run_tiled", "restore_file", "prepare_restore", "RestoreJob", "tile_overhead",
-           "smallest_window"]
+           "smallest_window", "default_tile"]
 
 
 class InexactTilingWarning(UserWarning):
@@ -101,30 +108,39 @@ def output_size(height: int, width: int, scale: int = 1, trim: int = 0) -> tuple
 
 
 def _axis_spans(length: int, tile: int, halo: int, trim: int = 0) -> list[tuple[int, int, int, int]]:
-    """``(window_start, window_stop, core_start, core_stop)`` along one axis.
-
-    Windows start every ``tile - 2 * halo`` pixels; the last is shifted inward to end at the
-    border. Each core runs from where the previous one stopped to ``halo`` short of its window's
-    end (to the border for the last), so every interior core edge has ``halo`` pixels of context.
-    Cores leave out the ``trim`` pixels at either border, where the whole image has no output.
-    """
+    """``(window_start, window_stop, core_start, core_stop)`` along one axis (``_untrimmed_spans``),
+    the cores leaving out the ``trim`` pixels at either border, where the whole image has no
+    output."""
     spans = _untrimmed_spans(length, tile, halo)
     return [(w0, w1, max(c0, trim), min(c1, length - trim)) for w0, w1, c0, c1 in spans]
 
 
 def _untrimmed_spans(length: int, tile: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """The fewest windows of at most ``tile`` pixels that cover ``length`` with ``halo`` pixels
+    of context at every interior core edge, all of one size ``window``, the smallest that does.
+
+    ``n`` windows of ``window`` pixels have cores of ``window - halo`` at the two borders (none
+    is needed outside the image) and ``window - 2 * halo`` inside, so they cover
+    ``n * window - 2 * (n - 1) * halo`` pixels: ``n`` is the least for which ``window = tile``
+    covers ``length``, ``window`` the least that covers it with ``n``. The ``spare`` pixels
+    over ``length`` (fewer than ``n``) come off cores spread evenly, one each. An interior
+    window starts ``halo`` before its core, clamped to end at the border.
+    """
     if length <= tile:
         return [(0, length, 0, length)]
-    step = tile - 2 * halo
-    if step < 1:
-        raise ValueError(f"a tile of {tile} pixels leaves no core inside a halo of {halo} on each "
-                         f"side; use tile > 2 * halo = {2 * halo}")
-    starts = list(range(0, length - tile, step)) + [length - tile]
-    spans, core_start = [], 0
-    for i, start in enumerate(starts):
-        core_stop = length if i == len(starts) - 1 else start + tile - halo
-        spans.append((start, start + tile, core_start, core_stop))
-        core_start = core_stop
+    if tile <= 2 * halo:
+        raise ValueError(f"a tile of {tile} pixels leaves no core inside a halo of {halo} on each side of a "
+                         f"{length}-pixel axis: use tile > 2 * halo = {2 * halo} (at least {2 * halo + 1}; "
+                         f"larger tiles waste less on halos), or a tile of {length} (the whole axis)")
+    n = -(-(length - 2 * halo) // (tile - 2 * halo))
+    window = -(-(length + 2 * (n - 1) * halo) // n)
+    spare = n * window - 2 * (n - 1) * halo - length
+    spans, start = [], 0
+    for i in range(n):
+        core = window - (halo if i in (0, n - 1) else 2 * halo) - ((i + 1) * spare // n - i * spare // n)
+        w0 = 0 if i == 0 else min(start - halo, length - window)
+        spans.append((w0, w0 + window, start, start + core))
+        start += core
     return spans
 
 
@@ -141,8 +157,11 @@ def _check_tile(tile):
 def plan_tiles(height: int, width: int, tile, halo: int, scale: int = 1, trim: int = 0) -> list[Tile]:
     """The tiles covering a ``height x width`` input image, row by row.
 
-    ``tile``: the window size fed to the model, an int or ``(rows, cols)``; it is clamped to
-    the image. ``halo``: context kept around every interior core edge, in input pixels.
+    ``tile``: the largest window fed to the model, an int or ``(rows, cols)``; along each axis
+    the plan takes the fewest windows that fit it, all of the one smallest size that covers
+    the axis (``_untrimmed_spans``; the whole axis where it is no longer than the tile), so
+    every tile has the same window shape. ``halo``: context kept around every interior core
+    edge, in input pixels.
     ``scale``: the model's output pixels per input pixel (``Tile.out_core``); the plan over
     the input grid is the same for every scale. ``trim``: pixels the model drops at every
     border (``output_size``); at most ``halo``.
@@ -159,6 +178,11 @@ def plan_tiles(height: int, width: int, tile, halo: int, scale: int = 1, trim: i
     return [Tile((slice(wy0, wy1), slice(wx0, wx1)), (slice(cy0, cy1), slice(cx0, cx1)), scale, trim)
             for wy0, wy1, cy0, cy1 in _axis_spans(height, th, halo, trim)
             for wx0, wx1, cx0, cx1 in _axis_spans(width, tw, halo, trim)]
+
+
+def _tile_text(tile) -> str:
+    rows, cols = (tile, tile) if isinstance(tile, int) else tile
+    return str(rows) if rows == cols else f"{rows}x{cols}"
 
 
 def tile_overhead(tiles: list[Tile], height: int, width: int) -> float:
@@ -192,12 +216,15 @@ class ReceptiveField:
     output pixels per input pixel along each axis; ``source``: where these were read (the
     model's ``receptive_field_radius``, its layer plan) and, where planning failed, why;
     ``trim``: input pixels it drops at every border (``Geometry.trim``; the radius is counted
-    from the input pixel each output pixel lies over)."""
+    from the input pixel each output pixel lies over); ``values_per_pixel``: the most
+    feature-map values a window holds at once per input pixel (``Plan.peak_bytes``; 576 for
+    RED30-64: nine maps of 64), ``None`` where no plan was read."""
 
     radius: int | None
     scale: int
     source: str
     trim: int = 0
+    values_per_pixel: float | None = None
 
 
 def receptive_field(model) -> ReceptiveField:
@@ -230,7 +257,19 @@ def receptive_field(model) -> ReceptiveField:
     if g.unknown is not None and (radius is None or g.scale is None):
         source += f": {g.unknown} is not modelled" + ("" if g.scale is not None else
                                                       "; its scale is taken as 1, and checked on every tile")
-    return ReceptiveField(radius, 1 if g.scale is None else int(g.scale[0]), source, g.trim)
+    return ReceptiveField(radius, 1 if g.scale is None else int(g.scale[0]), source, g.trim,
+                          _peak_values_per_pixel(found))
+
+
+def _peak_values_per_pixel(found) -> float | None:
+    """``Plan.peak_bytes`` of one byte per value, per input pixel of a large window; ``None``
+    where the plan has no shapes to count."""
+    side = 512
+    try:
+        values, _ = found.peak_bytes((1, 0, side, side), 1)
+    except (KeyError, TypeError, ValueError, IndexError):
+        return None
+    return values / side**2 or None
 
 
 def resolve_halo(model, halo: int | None, allow_inexact: bool = False) -> int:
@@ -240,16 +279,16 @@ def resolve_halo(model, halo: int | None, allow_inexact: bool = False) -> int:
     return _resolve(model, halo, allow_inexact)[0]
 
 
-def _resolve(model, halo: int | None, allow_inexact: bool) -> tuple[int, int, int]:
-    """``(halo, scale, trim)``: ``resolve_halo``'s answer and the model's scale and trim,
-    planned once."""
+def _resolve(model, halo: int | None, allow_inexact: bool) -> tuple[int, ReceptiveField]:
+    """``(halo, field)``: ``resolve_halo``'s answer and the model's ``receptive_field`` (its
+    scale, trim and working set), planned once."""
     field = receptive_field(model)
     radius = field.radius
     if halo is None:
         if radius is None:
             raise ValueError(f"{type(model).__name__}: no receptive field radius is known ({field.source}); "
                              "pass halo= (pixels each output depends on in every direction)")
-        return int(radius), field.scale, field.trim
+        return int(radius), field
     if halo < 0:
         raise ValueError(f"halo must be >= 0, got {halo}")
     if radius is not None and halo < radius:
@@ -261,7 +300,7 @@ def _resolve(model, halo: int | None, allow_inexact: bool) -> tuple[int, int, in
     if halo < field.trim:
         raise ValueError(f"halo {halo} is smaller than the {field.trim} pixels the model drops at every border: "
                          "a tile's core would have no output")
-    return int(halo), field.scale, field.trim
+    return int(halo), field
 
 
 def _outside_redkern() -> int:
@@ -272,10 +311,98 @@ def _outside_redkern() -> int:
     return level
 
 
+# --- the window when none is given --------------------------------------------------------
+
+DEFAULT_MEMORY_FRACTION = 0.5  # of the memory available on the model's device, for the windows in flight
+DEFAULT_TILE_RANGE = (256, 8192)  # a chosen square window's side, at least and at most
+FALLBACK_TILE = 1024  # where the memory available is not known
+
+
+def default_tile(model, height: int, width: int, *, halo: int | None = None, batch: int = 1, images: int = 1,
+                 prefetch: int = 2) -> tuple[tuple[int, int], str]:
+    """The window ``tiled``, ``run_tiled`` and ``restore_file`` use without a ``tile``:
+    ``((rows, cols), why)``, ``why`` a sentence such as ``"tile 1984 px chosen from 18.3 GiB
+    available on cpu (...)"``.
+
+    The largest that keeps ``batch`` windows of ``images`` images within
+    ``DEFAULT_MEMORY_FRACTION`` of the memory available on the model's device
+    (``executor.available_memory``: MemAvailable on a CPU, free memory on CUDA), at the bytes
+    per window pixel its largest live feature maps need (``ReceptiveField.values_per_pixel``
+    at the model's dtype, and the tiles read ahead and written behind): bigger windows, smaller
+    halo share. Square, ``DEFAULT_TILE_RANGE`` and at least 4 halos wide, unless one axis of
+    the image fits in it: then the other gets the rest of the budget. A ``height x width``
+    image whose maps fit gets one window: whole-image inference.
+    """
+    field = receptive_field(model)
+    halo = (field.radius or 0) if halo is None else halo
+    return _default_tile(model, field, halo, height, width, batch * images, prefetch)
+
+
+def _default_tile(model, field: ReceptiveField, halo: int, height: int, width: int, windows: int,
+                  prefetch: int) -> tuple[tuple[int, int], str]:
+    device, dtype = _model_device_dtype(model)
+    available = _memory_available(device)
+    if available is None:
+        return (FALLBACK_TILE, FALLBACK_TILE), f"tile {FALLBACK_TILE} px: the memory available on {device} is not known"
+    itemsize = torch.empty((), dtype=dtype or torch.float32).element_size()
+    channels = _input_channels(model) or 1
+    values = _values_per_pixel(model, field, channels)
+    io = channels * (1 + field.scale**2) * (2 * prefetch + 2)  # tiles read ahead, outputs written behind
+    per_pixel = (values + io) * itemsize * windows
+    pixels = int(DEFAULT_MEMORY_FRACTION * available / per_pixel)
+    low, high = max(DEFAULT_TILE_RANGE[0], 4 * halo), max(DEFAULT_TILE_RANGE)
+    budget = max(low * low, min(pixels, high * high))
+    side = max(low, min(high, math.isqrt(budget)))
+    rows = cols = side
+    if height <= side < width:
+        cols = max(side, budget // height)
+    elif width <= side < height:
+        rows = max(side, budget // width)
+    bound = (f", at least {low} px" if pixels < low * low else f", at most {high} px" if pixels > high * high
+             else "")
+    why = (f"tile {_tile_text((rows, cols))} px chosen from {available / 2**30:.1f} GiB "
+           f"available on {device} ({DEFAULT_MEMORY_FRACTION:.0%} of it for {windows} window(s) at "
+           f"{per_pixel / windows / 1024:.2f} KiB per pixel{bound})")
+    return (rows, cols), why
+
+
+def _memory_available(device: torch.device) -> int | None:
+    """``executor.available_memory``, or on a CPU without /proc/meminfo the free pages the C
+    library reports; ``None`` where neither is known."""
+    from .executor import available_memory
+
+    available = available_memory(device)
+    if available is None and device.type == "cpu":
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return available
+
+
+def _values_per_pixel(model, field: ReceptiveField, channels: int) -> float:
+    """Feature-map values one window holds at once per input pixel: the plan's peak where
+    ``receptive_field`` read one; for our own networks taken at their word about the radius
+    (RED-Net), their plan (they trace without side effects); else every convolution's output
+    alive at once, an upper bound that does not trace a wrapper's forward."""
+    if field.values_per_pixel is not None:
+        return field.values_per_pixel
+    if type(model).__module__.startswith("redkern."):
+        from .layer_plan import PlanError, plan
+
+        with contextlib.suppress(PlanError):
+            values = _peak_values_per_pixel(plan(model))
+            if values is not None:
+                return values
+    convs = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)] \
+        if isinstance(model, torch.nn.Module) else []
+    return float(sum(convs) * field.scale**2 or 4 * channels)
+
+
 @dataclasses.dataclass(frozen=True)
 class TiledRun:
     """What a tiled run did: input image size, tiles, and how fast (megapixels of input);
-    ``scale``: output pixels per input pixel; ``trim``: input pixels dropped at every border."""
+    ``scale``: output pixels per input pixel; ``trim``: input pixels dropped at every border;
+    ``tile_choice``: how the window was sized when no ``tile`` was given (``default_tile``),
+    else ``None``. ``tile_shape`` is the windows' shape, at most the tile asked for."""
 
     height: int
     width: int
@@ -288,6 +415,7 @@ class TiledRun:
     seconds: float
     scale: int = 1
     trim: int = 0
+    tile_choice: str | None = None
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -410,7 +538,7 @@ class _Progress:
         self.bar.close()
 
 
-def run_tiled(model, source, sink, *, tile=512, halo: int | None = None, batch: int = 1,
+def run_tiled(model, source, sink, *, tile=None, halo: int | None = None, batch: int = 1,
               allow_inexact: bool = False, quiet: bool = False, prefetch: int = 2,
               desc: str = "redkern") -> TiledRun:
     """Run ``model`` over ``source`` tile by tile, handing each kept core to ``sink``.
@@ -421,21 +549,29 @@ def run_tiled(model, source, sink, *, tile=512, halo: int | None = None, batch: 
     output region ``tile.out_core`` for an upsampler), on ``x``'s device and dtype, and the
     context ``read`` returned. Reads run ``prefetch``
     batches ahead in one thread and writes trail in another, in tile order; tiles move to the
-    model's device and dtype. ``tile``: the window size (int or ``(rows, cols)``);
-    ``halo``: see ``resolve_halo``; ``batch``: tiles per model call. The model's scale is
-    read off its plan (``receptive_field``); every output is checked to be that many times
-    its tile.
+    model's device and dtype. ``tile``: the largest window (int or ``(rows, cols)``; the
+    plan's windows are as small as covering the image with the fewest of them allows,
+    ``plan_tiles``), by default sized from the memory available (``default_tile``, for
+    ``source.images`` images a read where the source says, else one; logged and kept in
+    ``TiledRun.tile_choice``); ``halo``: see ``resolve_halo``; ``batch``: tiles per model call.
+    The model's scale is read off its plan (``receptive_field``); every output is checked to be
+    that many times its tile.
     Any error or interrupt stops the run after the read and write in flight, then goes on.
     """
     if batch < 1 or prefetch < 1:
         raise ValueError(f"batch and prefetch must be >= 1, got {batch} and {prefetch}")
-    halo, scale, trim = _resolve(model, halo, allow_inexact)
-    tiles = plan_tiles(source.height, source.width, tile, halo, scale, trim)
-    return _run(model, source, sink, tiles, halo, batch, quiet, prefetch, desc)
+    halo, field = _resolve(model, halo, allow_inexact)
+    choice = None
+    if tile is None:
+        tile, choice = _default_tile(model, field, halo, source.height, source.width,
+                                     batch * getattr(source, "images", 1), prefetch)
+        log.info("%s", choice)
+    tiles = plan_tiles(source.height, source.width, _check_tile(tile), halo, field.scale, field.trim)
+    return _run(model, source, sink, tiles, halo, batch, quiet, prefetch, desc, choice)
 
 
 def _run(model, source, sink, tiles: list[Tile], halo: int, batch: int, quiet: bool, prefetch: int,
-         desc: str) -> TiledRun:
+         desc: str, tile_choice: str | None = None) -> TiledRun:
     """The engine of ``run_tiled``, on tiles already planned."""
     groups = [tiles[i:i + batch] for i in range(0, len(tiles), batch)]
     scale, trim = tiles[0].scale, tiles[0].trim
@@ -479,7 +615,7 @@ def _run(model, source, sink, tiles: list[Tile], halo: int, batch: int, quiet: b
         progress.close()
     th, tw = tiles[0].window[0].stop - tiles[0].window[0].start, tiles[0].window[1].stop - tiles[0].window[1].start
     return TiledRun(source.height, source.width, images, len(tiles), (th, tw), halo, batch,
-                    str(device), time.perf_counter() - progress.start, scale, trim)
+                    str(device), time.perf_counter() - progress.start, scale, trim, tile_choice)
 
 
 # --- tensors in memory --------------------------------------------------------------------
@@ -490,7 +626,7 @@ class _TensorTiles:
 
     def __init__(self, image: torch.Tensor):
         self.image, self.out = image, None
-        self.height, self.width = image.shape[2:]
+        self.images, self.height, self.width = image.shape[0], *image.shape[2:]
 
     def read(self, tile):
         return self.image[:, :, tile.window[0], tile.window[1]], None
@@ -507,14 +643,16 @@ class _TensorTiles:
             self.out[:, :, rows, cols] = y
 
 
-def tiled(model, image: torch.Tensor, *, tile=512, halo: int | None = None, batch: int = 1,
+def tiled(model, image: torch.Tensor, *, tile=None, halo: int | None = None, batch: int = 1,
           allow_inexact: bool = False, quiet: bool = False) -> torch.Tensor:
     """``model(image)`` computed tile by tile; equal to it to float rounding, for upsamplers
     too (an ``[N, C', s H, s W]`` result for a network of scale ``s``).
 
     ``image``: floating ``[N, C, H, W]`` (or ``[C, H, W]``), any size and device; tiles move
-    to the model's device and dtype and results come back to ``image``'s. ``tile``: window
-    size fed to the model (int or ``(rows, cols)``, clamped to the image); ``halo``: context
+    to the model's device and dtype and results come back to ``image``'s. ``tile``: the
+    largest window fed to the model (int or ``(rows, cols)``, clamped to the image; windows
+    are just as large as the fewest that cover the image need), by default the largest the
+    memory available allows (``default_tile``, logged at INFO); ``halo``: context
     around each kept core in input pixels, the model's receptive field radius by default
     (``receptive_field``: its ``receptive_field_radius``, else its layer plan; smaller only
     with ``allow_inexact=True``, with a warning); ``batch``: tiles per model call; ``quiet``: no
@@ -529,7 +667,8 @@ def tiled(model, image: torch.Tensor, *, tile=512, halo: int | None = None, batc
                      allow_inexact=allow_inexact, quiet=quiet)[0]
     if image.numel() == 0:
         raise ValueError(f"tiled: empty image of shape {tuple(image.shape)}")
-    _check_tile(tile)
+    if tile is not None:
+        _check_tile(tile)
     tiles = _TensorTiles(image)
     run_tiled(model, tiles, tiles, tile=tile, halo=halo, batch=batch, allow_inexact=allow_inexact,
               quiet=quiet)
@@ -580,6 +719,7 @@ class RestoreJob:
     batch: int
     overwrite: bool
     quiet: bool
+    tile_choice: str | None = None  # how the window was sized when none was given (default_tile)
 
     @property
     def scale(self) -> int:
@@ -606,10 +746,11 @@ class RestoreJob:
                                   self.channels.out_dtype, alpha=reader.alpha, overwrite=self.overwrite,
                                   bigtiff=reader.bigtiff or None, source=reader.path, checked=True) as writer:
             tiles = _FileTiles(reader, writer, self.channels)
-            return _run(self.model, tiles, tiles, self.tiles, self.halo, self.batch, self.quiet, 2, "redkern")
+            return _run(self.model, tiles, tiles, self.tiles, self.halo, self.batch, self.quiet, 2, "redkern",
+                        self.tile_choice)
 
 
-def prepare_restore(model, reader, target, *, tile=512, halo: int | None = None, batch: int = 1,
+def prepare_restore(model, reader, target, *, tile=None, halo: int | None = None, batch: int = 1,
                     allow_inexact: bool = False, overwrite: bool = False, out_dtype=None, quiet: bool = False,
                     max_overhead: float | None = None, path_checked: str | None = None) -> RestoreJob:
     """Every check ``restore_file`` makes before it computes anything, made once: the target
@@ -625,22 +766,27 @@ def prepare_restore(model, reader, target, *, tile=512, halo: int | None = None,
     model_channels = getattr(model, "channels", None) or _input_channels(model) or reader.channels - int(reader.alpha)
     out_dtype = reader.dtype if out_dtype is None else out_dtype
     channels = imageio.ChannelPlan(reader.channels, reader.alpha, model_channels, out_dtype)
-    halo, scale, trim = _resolve(model, halo, allow_inexact)
+    halo, field = _resolve(model, halo, allow_inexact)
+    scale, trim = field.scale, field.trim
     imageio.check_output(target, *output_size(reader.height, reader.width, scale, trim), reader.channels,
                          channels.out_dtype, alpha=reader.alpha, overwrite=overwrite, source=reader.path,
                          path_checked=path_checked)
+    choice = None
+    if tile is None:
+        tile, choice = _default_tile(model, field, halo, reader.height, reader.width, batch, 2)
+        log.info("%s", choice)
     tiles = plan_tiles(reader.height, reader.width, _check_tile(tile), halo, scale, trim)
     if max_overhead is not None:
         overhead = tile_overhead(tiles, reader.height, reader.width)
         if overhead > max_overhead:
-            raise ValueError(f"a window of {tile} px with a halo of {halo} px computes {overhead:.1f}x the pixels "
-                             f"it keeps on this {reader.height}x{reader.width} image (at most {max_overhead:g}x "
-                             f"allowed); the smallest sensible window is "
+            raise ValueError(f"a window of {_tile_text(tile)} px with a halo of {halo} px computes {overhead:.1f}x "
+                             f"the pixels it keeps on this {reader.height}x{reader.width} image (at most "
+                             f"{max_overhead:g}x allowed); the smallest sensible window is "
                              f"{smallest_window(reader.height, reader.width, halo, max_overhead)} px")
-    return RestoreJob(model, reader, target, channels, tiles, halo, batch, overwrite, quiet)
+    return RestoreJob(model, reader, target, channels, tiles, halo, batch, overwrite, quiet, choice)
 
 
-def restore_file(model, source, target, *, tile=512, halo: int | None = None, batch: int = 1,
+def restore_file(model, source, target, *, tile=None, halo: int | None = None, batch: int = 1,
                  allow_inexact: bool = False, overwrite: bool = False, out_dtype=None,
                  quiet: bool = False) -> TiledRun:
     """Run ``model`` over the image file ``source``, writing ``target``, tile by tile.

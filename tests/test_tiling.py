@@ -56,9 +56,12 @@ def test_tiles_cover_every_pixel_once_with_full_context(h, w, tile, halo):
     assume((h - tile) * (w - tile) < 400 * (tile - 2 * halo) ** 2)  # a few hundred tiles at most
     tiles = plan_tiles(h, w, tile, halo)
     covered = np.zeros((h, w), int)
+    shapes = {(t.window[0].stop - t.window[0].start, t.window[1].stop - t.window[1].start) for t in tiles}
+    assert len(shapes) == 1  # one shape: tiles batch, and a fused model's pooled maps are reused
+    (rows, cols), = shapes
+    assert rows <= min(tile, h) and cols <= min(tile, w)
     for t in tiles:
         (wr, wc), (cr, cc) = t.window, t.core
-        assert (wr.stop - wr.start, wc.stop - wc.start) == (min(tile, h), min(tile, w))  # one shape
         assert 0 <= wr.start and wr.stop <= h and 0 <= wc.start and wc.stop <= w  # never padded
         for core, window, size in ((cr, wr, h), (cc, wc, w)):
             assert window.start <= core.start < core.stop <= window.stop
@@ -70,8 +73,11 @@ def test_tiles_cover_every_pixel_once_with_full_context(h, w, tile, halo):
 
 
 def test_tile_as_rows_and_cols():
-    tiles = plan_tiles(100, 50, (40, 64), 5)
+    """100 rows in windows of at most 41 with a halo of 5: three of 40 (cores 35 + 30 + 35);
+    the 50 columns fit in one window of at most 64."""
+    tiles = plan_tiles(100, 50, (41, 64), 5)
     assert {(t.window[0].stop - t.window[0].start, t.window[1].stop - t.window[1].start) for t in tiles} == {(40, 50)}
+    assert [(t.core[0].start, t.core[0].stop) for t in tiles] == [(0, 35), (35, 65), (65, 100)]
 
 
 # --- tiled == whole image -----------------------------------------------------------------

@@ -131,18 +131,24 @@ def test_unpadded_srcnn_trims_its_border_evenly():
 # --- tiled == whole image ------------------------------------------------------------------
 
 def odd_case(radius: int, r: random.Random, tile: int | None = None):
-    """A window, and an image size that leaves a last piece thinner than the halo past the
-    regular windows (the last window is shifted inward by less than the halo)."""
+    """A window, and an image size a few pixels past what windows of ``tile`` cover with a
+    whole number of steps: at least three windows an axis, of a size between, on cores of
+    unequal sizes."""
     tile = tile or 2 * radius + r.randint(3, 7)
     step = tile - 2 * radius
     size = tile + step * r.randint(1, 3) + r.randint(1, max(1, min(step, radius) - 1))
     return tile, size
 
 
-def assert_last_piece_thinner_than_the_halo(tiles, halo):
+def assert_windows_are_tight(tiles, halo):
+    """Three windows or more an axis, and some core edge inside the image with exactly
+    ``halo`` pixels of context: a halo one pixel short changes that pixel."""
     for axis in (0, 1):
+        length = max(t.window[axis].stop for t in tiles)
         starts = sorted({t.window[axis].start for t in tiles})
-        assert len(starts) > 2 and 0 < starts[-1] - starts[-2] < halo, (axis, starts, halo)
+        context = [t.core[axis].start - t.window[axis].start for t in tiles if t.window[axis].start > 0] + \
+                  [t.window[axis].stop - t.core[axis].stop for t in tiles if t.window[axis].stop < length]
+        assert len(starts) > 2 and min(context) == halo, (axis, starts, context, halo)
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["reference", "fused"])
@@ -157,7 +163,7 @@ def test_upsampler_tiles_exactly(case, fused):
     _, w = odd_case(radius, r, tile)
     x = torch.rand(r.choice((1, 2)), in_channels(model), h, w)
     tiles = plan_tiles(h, w, tile, radius, scale)
-    assert_last_piece_thinner_than_the_halo(tiles, radius)
+    assert_windows_are_tight(tiles, radius)
     want = whole(model, x)
     assert want.shape[2:] == (scale * h, scale * w)
     got = tiled(model, x, tile=tile, batch=r.randint(1, 3), quiet=True)
@@ -275,7 +281,7 @@ def test_unpadded_srcnn_tiles_exactly(name, trim, fused):
     tile, h = odd_case(trim, r)
     _, w = odd_case(trim, r, tile)
     tiles = plan_tiles(h, w, tile, trim, 1, trim)
-    assert_last_piece_thinner_than_the_halo(tiles, trim)
+    assert_windows_are_tight(tiles, trim)
     cores = torch.zeros(h - 2 * trim, w - 2 * trim, dtype=torch.int64)
     for t in tiles:
         cores[t.out_core] += 1
@@ -356,8 +362,9 @@ class Unplanned(nn.Module):
 def test_an_unknown_scale_is_caught_on_the_first_tile():
     with pytest.raises(ValueError, match="pass halo="):
         tiled(Unplanned(), torch.rand(1, 1, 20, 20), tile=10, quiet=True)
-    with pytest.raises(ValueError, match=r"Unplanned turned a tile batch of shape \(1, 1, 10, 10\) into "
-                                         r"\(1, 1, 20, 20\); tiling needs outputs of 10x10 pixels"):
+    # 20 px in windows of at most 10 with a halo of 1: three of 8
+    with pytest.raises(ValueError, match=r"Unplanned turned a tile batch of shape \(1, 1, 8, 8\) into "
+                                         r"\(1, 1, 16, 16\); tiling needs outputs of 8x8 pixels"):
         tiled(Unplanned(), torch.rand(1, 1, 20, 20), tile=10, halo=1, quiet=True)
 
 
