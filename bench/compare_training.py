@@ -4,6 +4,8 @@ under ``torch.compile``, with medians of repeated steps.
 
     python bench/compare_training.py                      # RED30-64, batch 64 of 50x50, fp32
     python bench/compare_training.py --batch 16 --steps 5 --runners fused reference_cl
+    python bench/compare_training.py --amp bf16           # bfloat16 autocast (fp32 weights)
+    python bench/compare_training.py --device cuda --amp bf16   # on a GPU: Triton's backward vs cuDNN
 
 Before timing, the first step's gradients of the fused model are compared with the
 reference's (same weights, same batch) and the largest relative error is printed, so a fast
@@ -29,14 +31,16 @@ from redkern import benchmarking as B  # noqa: E402
 from redkern.training import build_model  # noqa: E402
 
 RUNNERS = ("fused", "reference", "reference_cl", "compiled_cl")
+DEFAULT_RUNNERS = {"cpu": RUNNERS, "cuda": ("fused", "reference_cl", "compiled_cl")}
 LABELS = {"fused": "redkern fused (our forward and backward kernels)",
           "reference": "reference, NCHW",
           "reference_cl": "reference, channels_last",
           "compiled_cl": "torch.compile(reference), channels_last"}
 
 
-def make_model(name: str, depth: int, features: int, seed: int):
-    """``(model, channels_last)`` for a runner, all with the same weights (from ``seed``)."""
+def make_model(name: str, depth: int, features: int, seed: int, device="cpu"):
+    """``(model, channels_last)`` for a runner, all with the same weights (from ``seed``), on
+    ``device``."""
     torch.manual_seed(seed)
     ref = build_model(depth, 1, features, "reference")
     for p in ref.parameters():  # build_model zeroes the last layer; give it weights to train
@@ -45,7 +49,8 @@ def make_model(name: str, depth: int, features: int, seed: int):
     if name == "fused":
         model = build_model(depth, 1, features, "fused")
         model.load_state_dict(ref.state_dict())
-        return model, False
+        return model.to(device), False
+    ref = ref.to(device)
     if name == "reference":
         return ref, False
     ref = ref.to(memory_format=torch.channels_last)
@@ -60,8 +65,10 @@ def batch(n: int, size: int, seed: int):
     return clean + 0.1 * torch.randn(clean.shape, generator=g), clean
 
 
-def step(model, opt, x, y):
-    loss = F.mse_loss(model(x), y)
+def step(model, opt, x, y, amp=None):
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+        pred = model(x)
+    loss = F.mse_loss(pred.float(), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -84,17 +91,24 @@ def grad_error(depth: int, features: int, x, y) -> float:
     return worst
 
 
-def time_runner(name: str, depth: int, features: int, x, y, steps: int, warmup: int) -> list[float]:
-    model, channels_last = make_model(name, depth, features, 0)
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_runner(name: str, depth: int, features: int, x, y, steps: int, warmup: int, amp=None) -> list[float]:
+    model, channels_last = make_model(name, depth, features, 0, x.device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as redkern train
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     for _ in range(warmup):
-        step(model, opt, x, y)
+        step(model, opt, x, y, amp)
     times = []
     for _ in range(steps):
+        _sync(x.device)
         t0 = time.perf_counter()
-        loss = step(model, opt, x, y)
+        loss = step(model, opt, x, y, amp)
+        _sync(x.device)
         times.append(time.perf_counter() - t0)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{name}: the loss became {float(loss)}")
@@ -109,21 +123,29 @@ def main(argv=None) -> int:
     ap.add_argument("--patch", type=int, default=50)
     ap.add_argument("--steps", type=int, default=7, help="timed steps per runner (median reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation, buffers)")
-    ap.add_argument("--runners", nargs="+", default=list(RUNNERS), choices=RUNNERS)
+    ap.add_argument("--runners", nargs="+", choices=RUNNERS, help="default: all on a CPU; fused, reference_cl "
+                    "and compiled_cl on CUDA")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the fused model's default backend there)")
+    ap.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
+                    help="bf16: every runner under bfloat16 autocast (weights, loss and Adam in fp32)")
     ap.add_argument("--markdown", action="store_true", help="print only the table")
     args = ap.parse_args(argv)
 
-    x, y = batch(args.batch, args.patch, 1)
+    device = torch.device(args.device)
+    amp = torch.bfloat16 if args.amp == "bf16" else None
+    x, y = (t.to(device) for t in batch(args.batch, args.patch, 1))
     err = grad_error(args.depth, args.features, *batch(min(args.batch, 4), args.patch, 2))
     medians = {}
-    for name in args.runners:
+    for name in args.runners or DEFAULT_RUNNERS[device.type]:
         medians[name] = statistics.median(time_runner(name, args.depth, args.features, x, y, args.steps,
-                                                      args.warmup))
+                                                      args.warmup, amp))
     base = medians.get("fused")
     if not args.markdown:
-        print(f"RED{args.depth}-{args.features}, batch {args.batch} of {args.patch}x{args.patch}, fp32, Adam; "
-              f"{torch.get_num_threads()} threads on {B.cpu_model_name()}; median of {args.steps} steps")
-        print(f"fused gradients vs float64 reference: max relative error {err:.1e}")
+        where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+                 else f"{torch.get_num_threads()} threads on {B.cpu_model_name()}")
+        print(f"RED{args.depth}-{args.features}, batch {args.batch} of {args.patch}x{args.patch}, {args.amp}, Adam; "
+              f"{where}; median of {args.steps} steps")
+        print(f"fused gradients (CPU, fp32) vs float64 reference: max relative error {err:.1e}")
     print("| runner | step | vs fused |")
     print("| --- | --- | --- |")
     for name, t in medians.items():

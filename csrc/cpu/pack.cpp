@@ -40,6 +40,8 @@ void pack_weight(const float* w, int cin, int cout, int kh, int kw, bool transpo
                  Algorithm algorithm, float* packed) {
   const std::size_t cp = padded_cout(cout), taps = std::size_t(kh) * kw;
   std::memset(packed, 0, packed_weight_size(cin, cout, kh, kw, algorithm) * sizeof(float));
+  // Weights change every training step, so packing is on the step's path: in parallel.
+#pragma omp parallel for schedule(static)
   for (int co = 0; co < cout; ++co)
     for (int ci = 0; ci < cin; ++ci) {
       auto tap = [&](std::size_t t) {
@@ -50,15 +52,19 @@ void pack_weight(const float* w, int cin, int cout, int kh, int kw, bool transpo
           for (std::size_t t = 0; t < taps; ++t)
             packed[((std::size_t(co / 16) * taps + t) * cin + ci) * 16 + co % 16] = tap(t);
           break;
-        case Algorithm::kWinograd4x4:  // U = G g G^T in double, as [36][cin][cout_pad]
+        case Algorithm::kWinograd4x4: {  // U = (G g) G^T in double, as [36][cin][cout_pad]
+          double gg[6][3] = {};
+          for (int i = 0; i < 6; ++i)
+            for (int a = 0; a < 3; ++a)
+              for (int b = 0; b < 3; ++b) gg[i][b] += winograd::kG[i][a] * double(tap(a * 3 + b));
           for (int i = 0; i < 6; ++i)
             for (int k = 0; k < 6; ++k) {
-              double u = 0;
-              for (int a = 0; a < 3; ++a)
-                for (int b = 0; b < 3; ++b) u += winograd::kG[i][a] * double(tap(a * 3 + b)) * winograd::kG[k][b];
+              const double u = gg[i][0] * winograd::kG[k][0] + gg[i][1] * winograd::kG[k][1] +
+                               gg[i][2] * winograd::kG[k][2];
               packed[(std::size_t(i * 6 + k) * cin + ci) * cp + co] = float(u);
             }
           break;
+        }
         case Algorithm::kDirectFewCout:  // [cout][tap][cin_pad]
           for (std::size_t t = 0; t < taps; ++t)
             packed[(std::size_t(co) * taps + t) * padded_cout(cin) + ci] = tap(t);

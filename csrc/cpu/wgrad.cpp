@@ -1,9 +1,10 @@
 // conv2d_weight_grad: runs the ISA's weight-gradient kernel (wgrad.h) into per-thread
 // partials, adds them in thread order and lays the sum out as a Conv2d weight. Compiled
 // without ISA flags (it may use the standard library).
+#include <algorithm>
+#include <memory>
 #include <stdexcept>
 #include <string>
-#include <vector>
 
 #include "cpu/dispatch.h"
 #include "cpu/wgrad.h"
@@ -39,38 +40,42 @@ void conv2d_weight_grad(const WgradArgs& a, float* dw, float* db, DType dtype, A
   }
   const std::size_t stride = (main_floats + cout_pad + 15) / 16 * 16;
   const int nthreads = a.nthreads < 1 ? 1 : a.nthreads;
-  std::vector<float> partials(stride * nthreads, 0.0f);
+  std::unique_ptr<float[]> partials(new float[stride * nthreads]);
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int t = 0; t < nthreads; ++t) std::fill_n(partials.get() + std::size_t(t) * stride, stride, 0.0f);
   WgradArgs args = a;
   args.nthreads = nthreads;
-  fn(args, partials.data(), stride);
+  fn(args, partials.get(), stride);
 
-  // Thread order, in fp64: the result depends on the thread count only.
-  std::vector<double> sum(main_floats + cout_pad, 0.0);
-  for (int t = 0; t < nthreads; ++t) {
-    const float* p = partials.data() + std::size_t(t) * stride;
-    for (std::size_t i = 0; i < sum.size(); ++i) sum[i] += p[i];
-  }
+  // Partials added in thread order, in fp64: the result depends on the thread count only.
+  auto total = [&](std::size_t i) {
+    double v = 0;
+    for (int t = 0; t < nthreads; ++t) v += partials[std::size_t(t) * stride + i];
+    return v;
+  };
   if (db != nullptr)
-    for (int co = 0; co < a.cout; ++co) db[co] = float(sum[main_floats + co]);
+    for (int co = 0; co < a.cout; ++co) db[co] = float(total(main_floats + co));
+#pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int co = 0; co < a.cout; ++co)
     for (int ci = 0; ci < a.cin; ++ci) {
       float* out = dw + (std::size_t(co) * a.cin + ci) * taps;
       if (algorithm == Algorithm::kDirect) {
-        for (int t = 0; t < taps; ++t) {
-          const std::size_t at = vec_g ? (std::size_t(t) * a.cin + ci) * ca_pad + co
-                                       : (std::size_t(t) * a.cout + co) * ca_pad + ci;
-          out[t] = float(sum[at]);
-        }
+        for (int t = 0; t < taps; ++t)
+          out[t] = float(total(vec_g ? (std::size_t(t) * a.cin + ci) * ca_pad + co
+                                     : (std::size_t(t) * a.cout + co) * ca_pad + ci));
         continue;
       }
-      // dW = G^T dU G (the adjoint of U = G g G^T).
+      // dW = G^T dU G (the adjoint of U = G g G^T), as (G^T dU) G.
+      double gu[3][6] = {};
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 6; ++j) {
+          const double d = total((std::size_t(i * 6 + j) * a.cout + co) * cin_pad + ci);
+          for (int r = 0; r < 3; ++r) gu[r][j] += winograd::kG[i][r] * d;
+        }
       for (int r = 0; r < 3; ++r)
         for (int c = 0; c < 3; ++c) {
           double v = 0;
-          for (int i = 0; i < 6; ++i)
-            for (int j = 0; j < 6; ++j)
-              v += winograd::kG[i][r] * sum[(std::size_t(i * 6 + j) * a.cout + co) * cin_pad + ci] *
-                   winograd::kG[j][c];
+          for (int j = 0; j < 6; ++j) v += gu[r][j] * winograd::kG[j][c];
           out[r * 3 + c] = float(v);
         }
     }
