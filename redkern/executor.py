@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends as _backends
-from .backends.common import BackendUnavailable, conv_weight, is_channels_last, to_nhwc
+from .backends.common import BackendUnavailable, SourceStamp, conv_weight, is_channels_last, to_nhwc
 from .epilogue import apply_epilogue, kernel_slopes, output_size
 from .layer_plan import ConvStep, Plan, TorchStep, substitute
 from .ops import fused_conv
@@ -145,8 +145,8 @@ def _check_dtype(usable, dtype):
 
 def _step_weights(step: ConvStep, dtype: torch.dtype, cached: bool) -> tuple[Tensor, Tensor]:
     """``(weight, bias)`` with BatchNorm and the bias scale folded in; a zero bias where the
-    layer has none. ``cached``: reuse the folded tensors while no source changed (inference:
-    the sources' version counters are compared, so an optimizer step or a load is seen)."""
+    layer has none. ``cached``: reuse the folded tensors while no source changed (inference;
+    ``SourceStamp``: an optimizer step, a load or a ``.data`` edit is seen)."""
     w, b = step.conv.weight, step.conv.bias
     if w.dtype != dtype:
         raise TypeError(f"{step.name}: the weight is {w.dtype}, the input {dtype}; convert the whole model "
@@ -157,12 +157,13 @@ def _step_weights(step: ConvStep, dtype: torch.dtype, cached: bool) -> tuple[Ten
         return _fold(step)
     sources = [t for t in (w, b, *(_bn_tensors(step.bn) if step.bn is not None else ())) if t is not None]
     try:
-        versions = tuple((id(t), t._version) for t in sources)
+        for t in sources:
+            t._version
     except RuntimeError:  # inference tensors keep no version counter: fold every call
         return _fold(step)
     hit = step.__dict__.get("_folded")
-    if hit is None or hit[0] != versions:
-        hit = step.__dict__["_folded"] = (versions, tuple(t.detach() for t in _fold(step)))
+    if hit is None or not hit[0].matches(sources):
+        hit = step.__dict__["_folded"] = (SourceStamp(sources), tuple(t.detach() for t in _fold(step)))
     return hit[1]
 
 

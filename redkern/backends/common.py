@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 
 class BackendUnavailable(RuntimeError):
@@ -38,12 +39,51 @@ def conv_weight(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
     return weight.transpose(0, 1).flip(2, 3) if transposed else weight
 
 
-class WeightCache:
-    """Prepared (re-laid-out) weights, made once per weight tensor and version.
+# Every optimizer step bumps this: PyTorch's fused optimizers (Adam(fused=True)...) update
+# parameters in place without bumping their version counters, so versions alone miss them.
+_optimizer_steps = 0
 
-    The key is the tensor's identity, storage address and version counter, so an in-place
-    update (an optimizer step, ``load_state_dict``) prepares the weight again, and an entry
-    goes away with its tensor.
+
+def _count_optimizer_step(optimizer, args, kwargs):
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+class SourceStamp:
+    """What prepared (packed, folded) weights were made from, to tell whether they still hold.
+
+    A tensor counts as unchanged while it is the same object at the same address with the same
+    version counter, no optimizer has stepped since (fused optimizers skip the version counter),
+    and, on the CPU, its values equal the snapshot taken (``.data`` edits skip the version
+    counter too; comparing costs one read of the weights, a small fraction of a convolution's).
+    """
+
+    def __init__(self, tensors):
+        import weakref
+
+        self.refs = [weakref.ref(t) for t in tensors]
+        self.keys = [(t.data_ptr(), t._version) for t in tensors]
+        self.steps = _optimizer_steps
+        self.copies = [t.detach().clone() if t.device.type == "cpu" else None for t in tensors]
+
+    def matches(self, tensors) -> bool:
+        if self.steps != _optimizer_steps or len(tensors) != len(self.refs):
+            return False
+        for ref, key, copy, t in zip(self.refs, self.keys, self.copies, tensors):
+            if ref() is not t or key != (t.data_ptr(), t._version):
+                return False
+            if copy is not None and not torch.equal(copy, t.detach()):
+                return False
+        return True
+
+
+class WeightCache:
+    """Prepared (re-laid-out) weights, made once per weight tensor while it is unchanged
+    (``SourceStamp``: an optimizer step, ``load_state_dict`` or a ``.data`` edit prepares the
+    weight again); an entry goes away with its tensor.
     """
 
     def __init__(self):
@@ -51,18 +91,16 @@ class WeightCache:
 
     def get(self, weight: torch.Tensor, tag, prepare):
         try:
-            version = weight._version
+            weight._version
         except RuntimeError:  # inference tensors keep no version counter: prepare every call
             return prepare()
         key = (id(weight), tag)
         hit = self._entries.get(key)
-        if hit is not None:
-            ref, ptr, ver, value = hit
-            if ref() is weight and ptr == weight.data_ptr() and ver == version:
-                return value
+        if hit is not None and hit[0].matches([weight]):
+            return hit[1]
         value = prepare()
         import weakref
 
         ref = weakref.ref(weight, lambda _r, k=key, d=self._entries: d.pop(k, None))
-        self._entries[key] = (ref, weight.data_ptr(), version, value)
+        self._entries[key] = (SourceStamp([weight]), value, ref)
         return value
