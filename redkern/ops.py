@@ -340,6 +340,7 @@ def _setup_train(ctx, inputs, output):
     x, weight, bias, extra, act_weight, act2_weight, transposed, padding, *codes, backend = inputs
     y, pre = output
     ctx.mark_non_differentiable(pre)
+    ctx.set_materialize_grads(False)  # pre's gradient is never used: no map of zeros for it
     _save(ctx, x, weight, bias, extra, act_weight, act2_weight, transposed, padding, Epilogue.decode(*codes),
           backend, y, pre)
 
@@ -349,6 +350,8 @@ def _backward(ctx, grad):
 
 
 def _backward_train(ctx, grad, _grad_pre):
+    if grad is None:  # grads are not materialized (pre's never is): y was not used either
+        return (None,) * 16
     return _backward(ctx, grad)
 
 
@@ -384,49 +387,96 @@ def _grads(ctx, grad, needs):
         by_output = pre  # u = act(v) when first_by_output, else v
     else:
         by_output = y
-    if first_by_output:
+    mask = None  # g_v is g where mask > 0, else 0: ReLU's derivative, left to the kernels' prologue
+    if first_by_output and e.act == Act.RELU:
+        g_v, mask = g, by_output
+    elif first_by_output:
         g_v = _through_act_by_output(g, by_output, e.act, e.slope)
     else:
         if e.act == Act.PRELU:
             g_act_w = _prelu_weight_grad(g, pre, act_weight)
         g_v = g * _act_grad(pre, e.act, e.slope, act_weight)
     if e.residual == Residual.BEFORE_ACT:
+        if mask is not None:
+            g_v, mask = _through_act_by_output(g_v, mask, Act.RELU, 0.0), None
         g_extra = _scaled(g_v, e.beta)
-    g_conv = _scaled(g_v, e.alpha)
-    gx, gw, g_bias = _conv_grads(ctx, x, weight, g_conv, needs)
-    if ctx.has_bias and needs[2] and (g_bias is None or e.alpha != 1):
-        g_bias = g_v.sum(dim=(0, 2, 3))
+    gx, gw, g_bias = _conv_grads(ctx, x, weight, g_v, mask, e.alpha, needs)
     return (gx, gw, g_bias if ctx.has_bias and needs[2] else None, g_extra if needs[3] else None,
             g_act_w if needs[4] else None, g_act2_w if needs[5] else None)
 
 
-def _conv_grads(ctx, x, weight, g_conv, needs):
-    """``(grad x, grad weight, grad of a bias added after the convolution)`` for the gradient
-    ``g_conv`` at the convolution's output, by the backend that ran the forward (through the
-    ops, so that compiled and traced backwards see them too)."""
-    g_conv = g_conv.to(x.dtype)
+def _conv_grads(ctx, x, weight, g_v, mask, alpha: float, needs):
+    """``(grad x, grad weight, grad bias)`` for ``g_v`` (where ``mask > 0``, with a mask), the
+    gradient at ``v = alpha * conv + bias``, by the backend that ran the forward (through the ops,
+    so that compiled and traced backwards see them too)."""
+    g_v = g_v.to(x.dtype)
+    mask = None if mask is None else mask.to(x.dtype)
     gx = gw = gb = None
     if needs[0]:
-        gx = conv2d_fused(g_conv, weight, None, None, None, None, not ctx.transposed, ctx.padding,
-                          *Epilogue().encode(), ctx.backend)
+        gx = conv2d_input_grad(g_v, mask, weight, ctx.transposed, ctx.padding, alpha, ctx.backend)
     if needs[1] or needs[2]:
-        gw, gb = conv2d_weight_grad(x, g_conv, weight, ctx.transposed, ctx.padding, ctx.backend)
-        gw = gw.to(weight.dtype) if needs[1] else None
-        gb = gb.to(g_conv.dtype)
+        gw, gb = conv2d_weight_grad(x, g_v, mask, weight, ctx.transposed, ctx.padding, ctx.backend)
+        gw = _scaled(gw, alpha).to(weight.dtype) if needs[1] else None
+        gb = gb.to(g_v.dtype)
     return gx, gw, gb
 
 
+def _takes_masks(impl) -> bool:
+    """The backend reads ReLU masks in its kernels' prologue (``conv2d(x_mask=)``,
+    ``conv2d_weight_grad(grad_mask=)``); for others the ops apply the mask first, in one pass."""
+    return getattr(impl, "PROLOGUE_MASKS", False)
+
+
+@torch.library.custom_op("redkern::conv2d_input_grad", mutates_args=())
+def conv2d_input_grad(grad: Tensor, mask: Tensor | None, weight: Tensor, transposed: bool, padding: list[int],
+                      alpha: float, backend: str = "auto") -> Tensor:
+    """The gradient of a fused layer's input for the gradient ``grad`` at ``v = alpha * conv +
+    bias`` (read where ``mask > 0`` when a mask is given): ``alpha`` times the layer's convolution
+    run backwards, i.e. the backend's forward with the weight read in the other layout (a Conv2d
+    weight as a ConvTranspose2d one and back)."""
+    e = Epilogue(alpha=alpha)
+    _, oh, ow = check_conv_args("redkern.conv2d_input_grad", grad, weight, None, None, not transposed, padding, e,
+                                backend=backend)
+    impl = _backends.resolve(backend, grad.device, grad.dtype)
+    masks = {}
+    if mask is not None and _takes_masks(impl):
+        masks = {"x_mask": mask}
+    elif mask is not None:
+        grad = _through_act_by_output(grad, mask, Act.RELU, 0.0)
+    cout = weight.shape[0] if transposed else weight.shape[1]
+    y = impl.conv2d(grad, weight, None, transposed=not transposed, padding=tuple(padding), epilogue=e, **masks)
+    shape = (grad.shape[0], cout, oh, ow)
+    if y.stride() == _output_strides(grad, shape):
+        return y
+    return _empty_output(grad, shape).copy_(y)
+
+
+@conv2d_input_grad.register_fake
+def _(grad, mask, weight, transposed, padding, alpha, backend="auto"):
+    cout = weight.shape[0] if transposed else weight.shape[1]
+    kh, kw = weight.shape[2:]
+    return _empty_output(grad, (grad.shape[0], cout, output_size(grad.shape[2], kh, padding[0], not transposed),
+                                output_size(grad.shape[3], kw, padding[1], not transposed)))
+
+
 @torch.library.custom_op("redkern::conv2d_weight_grad", mutates_args=())
-def conv2d_weight_grad(x: Tensor, grad: Tensor, weight: Tensor, transposed: bool, padding: list[int],
-                       backend: str = "auto") -> tuple[Tensor, Tensor]:
+def conv2d_weight_grad(x: Tensor, grad: Tensor, mask: Tensor | None, weight: Tensor, transposed: bool,
+                       padding: list[int], backend: str = "auto") -> tuple[Tensor, Tensor]:
     """The gradients of a fused layer's weight (``weight``'s shape and layout, float32) and of a
     bias added after its convolution (``[Cout]``, float32), for its input ``x`` and the gradient
-    ``grad`` at its convolution's output: the backend's ``conv2d_weight_grad`` kernel, or
-    PyTorch's ``convolution_backward`` for a backend without one (``redkern.backends()`` says)."""
+    ``grad`` at its convolution's output (read where ``mask > 0`` when a mask is given): the
+    backend's ``conv2d_weight_grad`` kernel, or PyTorch's ``convolution_backward`` for a backend
+    without one (``redkern.backends()`` says)."""
     impl = _backends.resolve(backend, x.device, x.dtype)
+    masks = {}
+    if mask is not None and _takes_masks(impl):
+        masks = {"grad_mask": mask}
+    elif mask is not None:
+        grad = _through_act_by_output(grad, mask, Act.RELU, 0.0)
     kernel = getattr(impl, "conv2d_weight_grad", None)
     if kernel is not None:
-        return kernel(x, grad, weight_shape=tuple(weight.shape), transposed=transposed, padding=tuple(padding))
+        return kernel(x, grad, weight_shape=tuple(weight.shape), transposed=transposed, padding=tuple(padding),
+                      **masks)
     cout = weight.shape[1] if transposed else weight.shape[0]
     _, gw, gb = torch.ops.aten.convolution_backward(
         grad.contiguous(), x, weight.to(x.dtype), [cout], [1, 1], list(padding), [1, 1], transposed, [0, 0], 1,
@@ -435,7 +485,7 @@ def conv2d_weight_grad(x: Tensor, grad: Tensor, weight: Tensor, transposed: bool
 
 
 @conv2d_weight_grad.register_fake
-def _(x, grad, weight, transposed, padding, backend="auto"):
+def _(x, grad, mask, weight, transposed, padding, backend="auto"):
     cout = weight.shape[1] if transposed else weight.shape[0]
     return (torch.empty(weight.shape, dtype=torch.float32, device=x.device),
             torch.empty(cout, dtype=torch.float32, device=x.device))

@@ -186,7 +186,7 @@ def test_opcheck_training_op_and_weight_grad(epilogue):
              list(case.padding), *case.epilogue.encode(), "auto")]
     torch.library.opcheck(torch.ops.redkern.conv2d_fused_train, tuple(args))
     g = torch.randn(case.out_shape)
-    torch.library.opcheck(torch.ops.redkern.conv2d_weight_grad, (case.x.detach(), g, case.weight.detach(), False,
+    torch.library.opcheck(torch.ops.redkern.conv2d_weight_grad, (case.x.detach(), g, None, case.weight.detach(), False,
                                                                   [1, 1], "auto"))
 
 
@@ -303,3 +303,46 @@ def test_prepared_weights_follow_every_kind_of_update(change):
         after, want = fused(x), ref(x)
     assert not torch.equal(before, after)
     T.assert_close(after, want, 1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("isa", ISAS)
+def test_relu_masks_in_the_prologue_equal_masking_first(isa, dtype):
+    """The Winograd kernels read ReLU's derivative (mask > 0) in their prologue: the same as
+    masking the gradient first, for the input's gradient and the weight's; NaN in the mask
+    keeps the gradient, as PyTorch's threshold_backward."""
+    x, g, shape, padding = _tensors(2, 20, 24, 3, 1, False, 13, 10, dtype)
+    mask = torch.randn(g.shape).to(dtype)
+    mask[0, 3, 4, 5] = float("nan")
+    masked = torch.ops.aten.threshold_backward(g, mask, 0)
+    for transposed, w_shape in ((False, shape), (True, (shape[1], shape[0], 3, 3))):
+        weight = torch.randn(w_shape)
+        want = cpu.conv2d(masked, weight, None, transposed=not transposed, padding=1, epilogue=ops.Epilogue(),
+                          isa=isa)
+        got = cpu.conv2d(g, weight, None, transposed=not transposed, padding=1, epilogue=ops.Epilogue(), isa=isa,
+                         x_mask=mask)
+        T.assert_close(got, want, 1e-6 if dtype == torch.float32 else 1e-2)
+    want = _kernel(x, masked, shape, padding, False, A.winograd4x4, isa)
+    got = cpu.conv2d_weight_grad(x, g, weight_shape=shape, transposed=False, padding=padding, grad_mask=mask,
+                                 isa=isa)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    direct = cpu.conv2d_weight_grad(x, g, weight_shape=shape, transposed=False, padding=padding, grad_mask=mask,
+                                    algorithm=A.direct, isa=isa)  # no prologue: masked first, the same sums
+    assert T.max_rel_error(direct[0], want[0]) <= 1e-5
+    with pytest.raises(ValueError, match="Winograd F\\(4x4,3x3\\) algorithm only"):
+        xh, mh = g.permute(0, 2, 3, 1).contiguous(), mask.permute(0, 2, 3, 1).contiguous()
+        y = torch.empty(2, 13, 10, 20, dtype=dtype)
+        packed = torch.zeros(_C.packed_weight_size(24, 20, 3, 3, A.direct))
+        b = torch.zeros(20)
+        _C.conv2d(xh.data_ptr(), xh.numel(), packed.data_ptr(), packed.numel(), b.data_ptr(), 20, 0, 0,
+                  y.data_ptr(), y.numel(), 0, 0, 0, 0, 2, 13, 10, 24, 20, 3, 3, 1, 1, 0, 0, 0, 1.0, 1.0,
+                  _C.DType.bfloat16 if dtype == torch.bfloat16 else _C.DType.float32, A.direct, 1, isa,
+                  mh.data_ptr(), mh.numel())
+
+
+def test_opcheck_input_grad_with_and_without_a_mask():
+    case = T.layer_case(2, 6, 5, 7, 6, kernel=3, transposed=True)
+    g = torch.randn(case.out_shape)
+    for mask in (None, torch.randn(case.out_shape)):
+        torch.library.opcheck(torch.ops.redkern.conv2d_input_grad, (g, mask, case.weight.detach(), True, [1, 1],
+                                                                    0.5, "auto"))

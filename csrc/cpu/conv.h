@@ -75,6 +75,9 @@ struct ConvArgs {
   int n, h, w, oh, ow, cin, cout, kh, kw, ph, pw;
   EpilogueParams epilogue;  // slope/slope2: [cout] fp32 where act/act2 need them
   int nthreads;
+  // Null, or [n, h, w, cin]: x is read as x_mask <= 0 ? 0 : x, ReLU's derivative applied in the
+  // prologue (the backward's input gradient, x_mask the ReLU's output). Winograd only.
+  const void* x_mask = nullptr;
 };
 
 // y = epilogue(conv(x, packed), bias, extra) with the kernels of `isa`.
@@ -89,6 +92,9 @@ struct WgradArgs {
   const void* g;  // [n, oh, ow, cout]
   int n, h, w, oh, ow, cin, cout, kh, kw, ph, pw;
   int nthreads;
+  // Null, or [n, oh, ow, cout]: g is read as g_mask <= 0 ? 0 : g (as ConvArgs::x_mask).
+  // Winograd only.
+  const void* g_mask = nullptr;
 };
 
 // dw [cout][cin][kh][kw] (the Conv2d layout of the convolution run) and db [cout] (null: not

@@ -132,6 +132,9 @@ void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa) {
       break;
   }
   if (fn == nullptr) throw std::invalid_argument("unknown convolution algorithm");
+  if (args.x_mask != nullptr && algorithm != Algorithm::kWinograd4x4)
+    throw std::invalid_argument("an input mask (the ReLU-derivative prologue) runs with the Winograd "
+                                "F(4x4,3x3) algorithm only");
   fn(args);
 }
 

@@ -171,7 +171,7 @@ PYBIND11_MODULE(_C, m) {
          std::int64_t slope_numel, std::uintptr_t slope2, std::int64_t slope2_numel, int n, int h,
          int w, int cin, int cout, int kh, int kw, int ph, int pw, int act, int act2,
          int residual, float alpha, float beta, DType dtype, Algorithm algorithm, int nthreads,
-         const std::string& isa) {
+         const std::string& isa, std::uintptr_t x_mask, std::int64_t x_mask_numel) {
         const char* where = "conv2d";
         const Layer L{n, h, w, cin, cout, kh, kw};
         if (n < 1 || h < 1 || w < 1 || cin < 1)
@@ -266,6 +266,12 @@ PYBIND11_MODULE(_C, m) {
                       n, h, w, oh, ow, cin, cout, kh, kw, ph, pw,
                       epi,
                       nthreads < 1 ? 1 : nthreads};
+        if (x_mask != 0 || x_mask_numel != 0) {
+          check_numel(where, x_mask_numel, x_numel, "input mask", "laid out as the " + L.input());
+          if (overlaps(y, y_bytes, x_mask, x_mask_numel * elem))
+            throw std::invalid_argument(std::string(where) + ": the output must not overlap the input mask");
+          args.x_mask = as_ptr<const void>(x_mask, "input mask");
+        }
         py::gil_scoped_release nogil;
         conv2d(args, dtype, algorithm, chosen);
       },
@@ -276,18 +282,20 @@ PYBIND11_MODULE(_C, m) {
       py::arg("cin"), py::arg("cout"), py::arg("kh"), py::arg("kw"), py::arg("ph"),
       py::arg("pw"), py::arg("act"), py::arg("act2"), py::arg("residual"), py::arg("alpha"),
       py::arg("beta"), py::arg("dtype"), py::arg("algorithm"), py::arg("nthreads"),
-      py::arg("isa") = "",
+      py::arg("isa") = "", py::arg("x_mask") = 0, py::arg("x_mask_numel") = 0,
       "y = epilogue(conv(x, packed), bias, extra) on NHWC buffers of `dtype` (bias and slopes "
       "fp32): a stride-1 convolution with padding (ph, pw), 0 <= p < k, output "
       "[n, h + 2ph - kh + 1, w + 2pw - kw + 1, cout]; act/act2/residual are the codes of "
-      "redkern/epilogue.def. isa '' means selected_isa()");
+      "redkern/epilogue.def. isa '' means selected_isa(). x_mask (laid out as x; Winograd "
+      "only): x is read as x_mask <= 0 ? 0 : x");
 
   m.def(
       "conv2d_weight_grad",
       [](std::uintptr_t x, std::int64_t x_numel, std::uintptr_t g, std::int64_t g_numel,
          std::uintptr_t dw, std::int64_t dw_numel, std::uintptr_t db, std::int64_t db_numel, int n,
          int h, int w, int cin, int cout, int kh, int kw, int ph, int pw, DType dtype,
-         Algorithm algorithm, int nthreads, const std::string& isa) {
+         Algorithm algorithm, int nthreads, const std::string& isa, std::uintptr_t g_mask,
+         std::int64_t g_mask_numel) {
         const char* where = "conv2d_weight_grad";
         const Layer L{n, h, w, cin, cout, kh, kw};
         if (n < 1 || h < 1 || w < 1 || cin < 1)
@@ -319,6 +327,10 @@ PYBIND11_MODULE(_C, m) {
         const Isa chosen = isa_or_selected(isa);
         WgradArgs args{as_ptr<const void>(x, "input"), as_ptr<const void>(g, "gradient"),
                        n, h, w, int(oh), int(ow), cin, cout, kh, kw, ph, pw, nthreads < 1 ? 1 : nthreads};
+        if (g_mask != 0 || g_mask_numel != 0) {
+          check_numel(where, g_mask_numel, g_numel, "gradient mask", "laid out as the " + grad_shape);
+          args.g_mask = as_ptr<const void>(g_mask, "gradient mask");
+        }
         float* db_p = db != 0 ? reinterpret_cast<float*>(db) : nullptr;
         py::gil_scoped_release nogil;
         conv2d_weight_grad(args, as_ptr<float>(dw, "weight gradient"), db_p, dtype, algorithm, chosen);
@@ -327,11 +339,12 @@ PYBIND11_MODULE(_C, m) {
       py::arg("dw_numel"), py::arg("db"), py::arg("db_numel"), py::arg("n"), py::arg("h"),
       py::arg("w"), py::arg("cin"), py::arg("cout"), py::arg("kh"), py::arg("kw"), py::arg("ph"),
       py::arg("pw"), py::arg("dtype"), py::arg("algorithm"), py::arg("nthreads"),
-      py::arg("isa") = "",
+      py::arg("isa") = "", py::arg("g_mask") = 0, py::arg("g_mask_numel") = 0,
       "dw [cout, cin, kh, kw] and db [cout] (fp32; db 0 = not wanted) of a stride-1 convolution "
       "with padding (ph, pw), from its NHWC input x [n, h, w, cin] and the NHWC gradient g at "
       "its output [n, oh, ow, cout], both of `dtype`; algorithm direct or winograd4x4 (3x3, "
-      "padding 1); deterministic for a given nthreads");
+      "padding 1); deterministic for a given nthreads. g_mask (laid out as g; Winograd only): g is "
+      "read as g_mask <= 0 ? 0 : g");
 
   m.def(
       "measure_fma_peak_gflops",

@@ -45,6 +45,9 @@ struct Portable {
   static V sub(V a, V b) { return a - b; }
   static V mul(V a, V b) { return a * b; }
   static float hsum(V a) { return (a[0] + a[1]) + (a[2] + a[3]); }
+  static V where_positive(V m, V a) {  // m <= 0 ? 0 : a; NaN in m keeps a, as PyTorch's
+    return m <= zero() ? zero() : a;
+  }
   static V relu(V a) {  // NaN stays NaN, as torch.relu
     return a <= zero() ? zero() : a;
   }

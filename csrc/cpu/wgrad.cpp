@@ -38,6 +38,9 @@ void conv2d_weight_grad(const WgradArgs& a, float* dw, float* db, DType dtype, A
       throw std::invalid_argument("conv2d_weight_grad: the weight gradient runs the direct or the "
                                   "Winograd F(4x4,3x3) algorithm only");
   }
+  if (a.g_mask != nullptr && algorithm != Algorithm::kWinograd4x4)
+    throw std::invalid_argument("conv2d_weight_grad: a gradient mask (the ReLU-derivative prologue) runs "
+                                "with the Winograd F(4x4,3x3) algorithm only");
   const std::size_t stride = (main_floats + cout_pad + 15) / 16 * 16;
   const int nthreads = a.nthreads < 1 ? 1 : a.nthreads;
   std::unique_ptr<float[]> partials(new float[stride * nthreads]);

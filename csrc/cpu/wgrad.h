@@ -191,11 +191,11 @@ inline void grad_1d(const typename S::V d[4], typename S::V out[6]) {
   out[5] = d[3];
 }
 
-// Gt[36][i][c] = A dY A^T for tiles t0 .. t0+nt-1 (dY zero outside the image); db += the
-// tiles' gradients.
+// Gt[36][i][c] = A dY A^T for tiles t0 .. t0+nt-1 (dY zero outside the image; read as
+// mask <= 0 ? 0 : g where a mask is given); db += the tiles' gradients.
 template <class S, class T>
-void transform_grads(const winograd::Geometry<S>& geo, const T* g, long t0, int nt, float* gbuf,
-                     float* db) {
+void transform_grads(const winograd::Geometry<S>& geo, const T* g, const T* mask, long t0, int nt,
+                     float* gbuf, float* db) {
   using V = typename S::V;
   const std::size_t pstride = std::size_t(geo.tb) * geo.cout_pad;
   for (int i = 0; i < nt; ++i) {
@@ -214,8 +214,10 @@ void transform_grads(const winograd::Geometry<S>& geo, const T* g, long t0, int 
           if (r >= rows || k >= cols) {
             d[k] = S::zero();
           } else {
-            const T* p = g + ((std::size_t(b) * geo.h + y0 + r) * geo.w + x0 + k) * geo.cout + c;
-            d[k] = n == S::kW ? S::load(p) : S::loadn(p, n);
+            const std::size_t at = ((std::size_t(b) * geo.h + y0 + r) * geo.w + x0 + k) * geo.cout + c;
+            d[k] = n == S::kW ? S::load(g + at) : S::loadn(g + at, n);
+            if (mask != nullptr)
+              d[k] = S::where_positive(n == S::kW ? S::load(mask + at) : S::loadn(mask + at, n), d[k]);
             sum = S::add(sum, d[k]);
           }
         }
@@ -306,7 +308,7 @@ void weight_grad_winograd4(const WgradArgs& a, float* partials, std::size_t stri
       const long t0 = blk * geo.tb;
       const int nt = int(tiles - t0 < geo.tb ? tiles - t0 : geo.tb);
       winograd::transform_inputs<S, T>(geo, x, t0, nt, nt, vbuf);
-      transform_grads<S, T>(geo, g, t0, nt, gbuf, db);
+      transform_grads<S, T>(geo, g, static_cast<const T*>(a.g_mask), t0, nt, gbuf, db);
       for (int pos = 0; pos < 36; ++pos) {
         const float* gp = gbuf + std::size_t(pos) * geo.tb * geo.cout_pad;
         const float* vp = vbuf + std::size_t(pos) * geo.tb * geo.cin_pad;

@@ -84,9 +84,9 @@ struct Geometry {
 // the start of input row r of the tile (null above or below the image), x0 the tile's left
 // column. Interior tiles (kEdge false) load without checks; edge tiles read zeros outside
 // the image and only `n` channels.
-template <class S, class T, bool kEdge>
+template <class S, class T, bool kEdge, bool kMask = false>
 inline void input_tile(const T* const rows[6], int x0, int w, int cin, int c, int n, float* v,
-                       std::size_t pstride) {
+                       std::size_t pstride, const T* const mrows[6] = nullptr) {
   using V = typename S::V;
   V e[6][6];
 #pragma GCC unroll 6
@@ -95,13 +95,16 @@ inline void input_tile(const T* const rows[6], int x0, int w, int cin, int c, in
 #pragma GCC unroll 6
     for (int k = 0; k < 6; ++k) {
       const int ix = x0 + k;
+      const std::size_t at = std::size_t(ix) * cin + c;
       if (!kEdge) {
-        d[k] = S::load(rows[r] + std::size_t(ix) * cin + c);
+        d[k] = S::load(rows[r] + at);
+        if constexpr (kMask) d[k] = S::where_positive(S::load(mrows[r] + at), d[k]);
       } else if (rows[r] == nullptr || ix < 0 || ix >= w) {
         d[k] = S::zero();
       } else {
-        const T* p = rows[r] + std::size_t(ix) * cin + c;
-        d[k] = n == S::kW ? S::load(p) : S::loadn(p, n);
+        d[k] = n == S::kW ? S::load(rows[r] + at) : S::loadn(rows[r] + at, n);
+        if constexpr (kMask)
+          d[k] = S::where_positive(n == S::kW ? S::load(mrows[r] + at) : S::loadn(mrows[r] + at, n), d[k]);
       }
     }
     input_1d<S>(d, e[r]);
@@ -117,27 +120,32 @@ inline void input_tile(const T* const rows[6], int x0, int w, int cin, int c, in
   }
 }
 
-// Step 1: V[pos][i][c] for tiles t0 .. t0+nt-1; rows nt .. rows-1 of V are zeroed.
-template <class S, class T>
-void transform_inputs(const Geometry<S>& g, const T* x, long t0, int nt, int rows, float* vbuf) {
+// Step 1: V[pos][i][c] for tiles t0 .. t0+nt-1; rows nt .. rows-1 of V are zeroed. With
+// kMask, x is read as mask <= 0 ? 0 : x (mask laid out as x; NaN keeps x).
+template <class S, class T, bool kMask = false>
+void transform_inputs(const Geometry<S>& g, const T* x, long t0, int nt, int rows, float* vbuf,
+                      const T* mask = nullptr) {
   const std::size_t pstride = std::size_t(g.tb) * g.cin_pad;
   for (int i = 0; i < nt; ++i) {
     int b, y0, x0;
     g.locate(t0 + i, b, y0, x0);
     --y0, --x0;  // the input tile starts one pixel up and left (padding 1)
     const T* in_rows[6];
+    const T* mask_rows[6] = {};
     for (int r = 0; r < 6; ++r) {
       const int iy = y0 + r;
-      in_rows[r] = iy >= 0 && iy < g.h ? x + (std::size_t(b) * g.h + iy) * g.w * g.cin : nullptr;
+      const std::size_t row = (std::size_t(b) * g.h + iy) * g.w * g.cin;
+      in_rows[r] = iy >= 0 && iy < g.h ? x + row : nullptr;
+      if constexpr (kMask) mask_rows[r] = in_rows[r] ? mask + row : nullptr;
     }
     const bool interior = y0 >= 0 && y0 + 6 <= g.h && x0 >= 0 && x0 + 6 <= g.w;
     float* v = vbuf + std::size_t(i) * g.cin_pad;
     for (int c = 0; c < g.cin; c += S::kW) {
       const int n = min_int(S::kW, g.cin - c);
       if (interior && n == S::kW)
-        input_tile<S, T, false>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride);
+        input_tile<S, T, false, kMask>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride, mask_rows);
       else
-        input_tile<S, T, true>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride);
+        input_tile<S, T, true, kMask>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride, mask_rows);
     }
   }
   for (int pos = 0; pos < 36; ++pos)
@@ -286,6 +294,7 @@ void conv_winograd4(const ConvArgs& a) {
   g.tb = tiles_per_block<S>(g.cin_pad, g.cout_pad, tiles, a.nthreads);
   const long blocks = (tiles + g.tb - 1) / g.tb;
   const T* x = static_cast<const T*>(a.x);
+  const T* x_mask = static_cast<const T*>(a.x_mask);
   const T* extra = static_cast<const T*>(a.extra);
   T* y = static_cast<T*>(a.y);
   const EpiMode mode = epilogue_mode(a.epilogue);
@@ -306,7 +315,10 @@ void conv_winograd4(const ConvArgs& a) {
       const long t0 = blk * g.tb;
       const int nt = int(tiles - t0 < g.tb ? tiles - t0 : g.tb);
       const int rows = div_up(nt, R) * R;
-      transform_inputs<S, T>(g, x, t0, nt, rows, vbuf);
+      if (x_mask != nullptr)
+        transform_inputs<S, T, true>(g, x, t0, nt, rows, vbuf, x_mask);
+      else
+        transform_inputs<S, T>(g, x, t0, nt, rows, vbuf);
       multiply<S>(g, vbuf, a.packed, rows, mbuf);
       switch (mode) {
         case EpiMode::kRelu:

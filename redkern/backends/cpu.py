@@ -21,6 +21,10 @@ Algorithm per layer (``choose_algorithm``), decided by the window and the channe
   3x3 windows are compiled as such (RED-Net's layers); other windows run the same
   micro-kernels with run-time bounds.
 
+In the backward (``redkern.ops``) the same kernels run the input gradient (the forward with the
+layout flipped) and ``conv2d_weight_grad`` the weight's; both take ReLU's derivative as a mask
+read in the Winograd kernels' prologue (``x_mask``, ``grad_mask``).
+
 ``algorithm()`` names the choice for the plan report (``"winograd F(4x4,3x3)"``,
 ``"direct 5x5"``, ``"1x1 GEMM"``, ``"direct few-cout 3x3"``, ``"direct 3x3 bf16-dot"``...).
 
@@ -46,6 +50,7 @@ except ImportError as e:  # the package still imports; backends() says why
 
 _weights = WeightCache()
 DTYPES = (torch.float32, torch.bfloat16)
+PROLOGUE_MASKS = True  # conv2d(x_mask=) and conv2d_weight_grad(grad_mask=): ReLU masks in the prologue
 WINOGRAD_MIN_CHANNELS = 16
 FEW_COUT_MAX = 3  # csrc/cpu/conv.h: kFewCoutMax (also _C.few_cout_max)
 _SLOPED = (Act.LEAKY_RELU, Act.PRELU)
@@ -204,8 +209,25 @@ def _slope_array(slopes, act: Act, cout: int, name: str):
     return s.data_ptr(), s.numel(), s
 
 
+def _masked(t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``mask <= 0 ? 0 : t`` in one pass (ReLU's backward; NaN in the mask keeps ``t``), for the
+    algorithms with no mask prologue."""
+    return torch.ops.aten.threshold_backward(t, mask, 0)
+
+
+def _mask_pointer(mask, like: torch.Tensor, name: str):
+    """``(pointer, numel, tensor)`` of an NHWC mask laid out as ``like``, or zeros for none."""
+    if mask is None:
+        return 0, 0, None
+    if tuple(mask.shape) != tuple(like.shape) or mask.dtype != like.dtype:
+        raise ValueError(f"{name} must match the tensor it masks, {like.dtype} {tuple(like.shape)}, got "
+                         f"{mask.dtype} {tuple(mask.shape)}")
+    m = to_nhwc(mask.detach())
+    return m.data_ptr(), m.numel(), m
+
+
 def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: Epilogue,
-           slopes=None, slopes2=None, out=None, algorithm=None, isa=None) -> torch.Tensor:
+           slopes=None, slopes2=None, out=None, algorithm=None, isa=None, x_mask=None) -> torch.Tensor:
     """One fused stride-1 convolution (``redkern.epilogue.reference_conv2d``'s semantics).
 
     ``x`` ``[N, Cin, H, W]`` (float32 or bfloat16, any layout); ``weight`` ``nn.Conv2d``
@@ -218,6 +240,10 @@ def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: 
 
     ``algorithm`` (a ``_C.Algorithm``) and ``isa`` (a name from ``_C.supported_isas()``)
     override the defaults (``ValueError`` if that algorithm cannot run the layer there).
+
+    ``x_mask`` (the backward's input gradient): ``x`` is read as ``x_mask <= 0 ? 0 : x``, ReLU's
+    derivative from its output, in the Winograd kernel's prologue (other algorithms: one pass
+    over ``x`` first).
     """
     _check_dtype(x.dtype)
     if x.dim() != 4:
@@ -241,6 +267,9 @@ def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: 
     if algorithm is None:
         algorithm = choose_algorithm(cin, cout, (kh, kw), (ph, pw), transposed, x.dtype, isa)
     _, _, cph, cpw = conv_geometry((kh, kw), (ph, pw), transposed)
+    if x_mask is not None and algorithm != _C.Algorithm.winograd4x4:
+        x, x_mask = _masked(x, x_mask), None
+    mp, mn, keep_mask = _mask_pointer(x_mask, x, "x_mask")
 
     xh = to_nhwc(x.detach())
     b = (torch.zeros(cout) if bias is None else bias.detach().reshape(-1).float()).contiguous()
@@ -272,8 +301,8 @@ def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: 
               eh.numel() if eh is not None else 0, y.data_ptr(), y.numel(),
               s1, s1n, s2, s2n, n, h, w, cin, cout, kh, kw, cph, cpw,
               int(e.act), int(e.act2), int(e.residual), e.alpha, e.beta,
-              _dtype_code(x.dtype), algorithm, torch.get_num_threads(), isa or "")
-    del keep1, keep2
+              _dtype_code(x.dtype), algorithm, torch.get_num_threads(), isa or "", mp, mn)
+    del keep1, keep2, keep_mask
     return y
 
 
@@ -286,7 +315,7 @@ def weight_grad_algorithm(cin: int, cout: int, kernel, padding, transposed: bool
     return _C.Algorithm.direct
 
 
-def conv2d_weight_grad(x, grad, *, weight_shape, transposed: bool, padding, algorithm=None,
+def conv2d_weight_grad(x, grad, *, weight_shape, transposed: bool, padding, grad_mask=None, algorithm=None,
                        isa=None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(grad_weight, grad_bias)`` of one stride-1 convolution, by our kernels (csrc/cpu/wgrad.h).
 
@@ -296,6 +325,7 @@ def conv2d_weight_grad(x, grad, *, weight_shape, transposed: bool, padding, algo
     ``[Cin, Cout, kh, kw]`` shape; ``padding`` ``(ph, pw)`` as that module takes it. Returns
     the weight's gradient in that layout and the bias's ``[Cout]``, float32 (fp32 accumulation),
     equal to ``aten.convolution_backward``'s; deterministic for a given thread count.
+    ``grad_mask``: ``grad`` is read as ``grad_mask <= 0 ? 0 : grad`` (as ``conv2d``'s ``x_mask``).
     """
     _check_dtype(x.dtype)
     if grad.dtype != x.dtype or x.dim() != 4 or grad.dim() != 4 or len(weight_shape) != 4:
@@ -314,12 +344,16 @@ def conv2d_weight_grad(x, grad, *, weight_shape, transposed: bool, padding, algo
         raise ValueError(f"grad must have the layer's output shape {(n, cout, oh, ow)}, got {tuple(grad.shape)}")
     if algorithm is None:
         algorithm = weight_grad_algorithm(cin, cout, (kh, kw), (ph, pw), transposed)
+    if grad_mask is not None and algorithm != _C.Algorithm.winograd4x4:
+        grad, grad_mask = _masked(grad, grad_mask), None
+    mp, mn, keep_mask = _mask_pointer(grad_mask, grad, "grad_mask")
     xh, gh = to_nhwc(x.detach()), to_nhwc(grad.detach())
     dw = torch.empty((cout, cin, kh, kw), dtype=torch.float32)
     db = torch.empty(cout, dtype=torch.float32)
     _C.conv2d_weight_grad(xh.data_ptr(), xh.numel(), gh.data_ptr(), gh.numel(), dw.data_ptr(), dw.numel(),
                           db.data_ptr(), db.numel(), n, h, w, cin, cout, kh, kw, cph, cpw,
-                          _dtype_code(x.dtype), algorithm, torch.get_num_threads(), isa or "")
+                          _dtype_code(x.dtype), algorithm, torch.get_num_threads(), isa or "", mp, mn)
+    del keep_mask
     if transposed:  # the equivalent convolution's weight, back to the ConvTranspose2d layout
         dw = dw.flip(2, 3).transpose(0, 1).contiguous()
     return dw, db

@@ -64,6 +64,9 @@ struct Avx2 {
   }
   // max returns its second operand when either is NaN: keep x second so NaN stays NaN.
   static V relu(V a) { return _mm256_max_ps(_mm256_setzero_ps(), a); }
+  // m <= 0 ? 0 : a (ReLU's derivative read from its output m; NaN in m keeps a, as PyTorch's
+  // threshold_backward does).
+  static V where_positive(V m, V a) { return _mm256_and_ps(_mm256_cmp_ps(m, _mm256_setzero_ps(), _CMP_NLE_UQ), a); }
   // a <= 0 ? slope * a : a (the ordered compare is false for NaN, which stays NaN).
   static V prelu(V a, V slope) {
     return _mm256_blendv_ps(a, _mm256_mul_ps(a, slope), _mm256_cmp_ps(a, _mm256_setzero_ps(), _CMP_LE_OQ));

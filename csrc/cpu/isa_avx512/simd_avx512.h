@@ -48,6 +48,11 @@ struct Avx512 {
   static float hsum(V a) { return _mm512_reduce_add_ps(a); }
   // max returns its second operand when either is NaN: keep x second so NaN stays NaN.
   static V relu(V a) { return _mm512_max_ps(_mm512_setzero_ps(), a); }
+  // m <= 0 ? 0 : a (ReLU's derivative read from its output m; NaN in m keeps a, as PyTorch's
+  // threshold_backward does).
+  static V where_positive(V m, V a) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NLE_UQ), a);
+  }
   // a <= 0 ? slope * a : a (the ordered compare is false for NaN, which stays NaN).
   static V prelu(V a, V slope) {
     return _mm512_mask_mul_ps(a, _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_LE_OQ), a, slope);
