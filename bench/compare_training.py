@@ -1,6 +1,6 @@
 """Training speed, side by side in one process: a full RED-Net step (forward, MSE loss,
 backward, fused Adam) on the fused model against the reference model in NCHW, in channels_last and
-under ``torch.compile``, with medians of repeated steps.
+under ``torch.compile``, with medians of repeated steps taken in turn.
 
     python bench/compare_training.py                      # RED30-64, batch 64 of 50x50, fp32
     python bench/compare_training.py --batch 16 --steps 5 --runners fused reference_cl
@@ -96,22 +96,27 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_runner(name: str, depth: int, features: int, x, y, steps: int, warmup: int, amp=None) -> list[float]:
-    model, channels_last = make_model(name, depth, features, 0, x.device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as redkern train
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    for _ in range(warmup):
-        step(model, opt, x, y, amp)
-    times = []
+def time_runners(names, depth: int, features: int, x, y, steps: int, warmup: int, amp=None) -> dict:
+    """``{name: [step seconds]}``, the runners' steps taken in turn (round robin), so that a
+    drift in the machine's speed touches every runner alike."""
+    runners = {}
+    for name in names:
+        model, channels_last = make_model(name, depth, features, 0, x.device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True)  # as redkern train
+        xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+        for _ in range(warmup):
+            step(model, opt, xin, y, amp)
+        runners[name] = (model, opt, xin)
+    times = {name: [] for name in names}
     for _ in range(steps):
-        _sync(x.device)
-        t0 = time.perf_counter()
-        loss = step(model, opt, x, y, amp)
-        _sync(x.device)
-        times.append(time.perf_counter() - t0)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{name}: the loss became {float(loss)}")
+        for name, (model, opt, xin) in runners.items():
+            _sync(x.device)
+            t0 = time.perf_counter()
+            loss = step(model, opt, xin, y, amp)
+            _sync(x.device)
+            times[name].append(time.perf_counter() - t0)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{name}: the loss became {float(loss)}")
     return times
 
 
@@ -135,10 +140,9 @@ def main(argv=None) -> int:
     amp = torch.bfloat16 if args.amp == "bf16" else None
     x, y = (t.to(device) for t in batch(args.batch, args.patch, 1))
     err = grad_error(args.depth, args.features, *batch(min(args.batch, 4), args.patch, 2))
-    medians = {}
-    for name in args.runners or DEFAULT_RUNNERS[device.type]:
-        medians[name] = statistics.median(time_runner(name, args.depth, args.features, x, y, args.steps,
-                                                      args.warmup, amp))
+    times = time_runners(args.runners or DEFAULT_RUNNERS[device.type], args.depth, args.features, x, y,
+                         args.steps, args.warmup, amp)
+    medians = {name: statistics.median(t) for name, t in times.items()}
     base = medians.get("fused")
     if not args.markdown:
         where = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -146,11 +150,12 @@ def main(argv=None) -> int:
         print(f"RED{args.depth}-{args.features}, batch {args.batch} of {args.patch}x{args.patch}, {args.amp}, Adam; "
               f"{where}; median of {args.steps} steps")
         print(f"fused gradients (CPU, fp32) vs float64 reference: max relative error {err:.1e}")
-    print("| runner | step | vs fused |")
-    print("| --- | --- | --- |")
+    print("| runner | step (median) | fastest - slowest | vs fused |")
+    print("| --- | --- | --- | --- |")
     for name, t in medians.items():
         ratio = f"{t / base:.2f}x" if base else "-"
-        print(f"| {LABELS[name]} | {t * 1e3:.0f} ms | {ratio} |")
+        print(f"| {LABELS[name]} | {t * 1e3:.0f} ms | {min(times[name]) * 1e3:.0f} - {max(times[name]) * 1e3:.0f} ms "
+              f"| {ratio} |")
     return 0
 
 

@@ -79,3 +79,15 @@ def test_bench_distributed_quick_mode_runs_and_reports(tmp_path, monkeypatch):
     assert all(r["mp_per_s"] > 0 for r in result["rows"]) and result["per_task_tasks"] == 16
     assert 0 < result["scaling_efficiency"] and "per_task_overhead_ms" in result
     assert "## Distributed: RED30 on Dask LocalClusters" in section.read_text()
+
+
+def test_compare_training_runs_every_runner_and_checks_gradients(capsys):
+    """bench/compare_training.py on a tiny RED10 (no timing is judged): every runner steps, the
+    fused gradients are checked against float64 first, and the table has a row per runner."""
+    script = load("compare_training")
+    assert script.main(["--depth", "10", "--features", "8", "--batch", "2", "--patch", "12", "--steps", "1",
+                        "--warmup", "0", "--runners", "fused", "reference", "reference_cl"]) == 0
+    out = capsys.readouterr().out
+    err = float(out.split("max relative error ")[1].split()[0])
+    assert err <= 1e-4
+    assert out.count("| redkern fused") == 1 and out.count("| reference, ") == 2
