@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if __name__ == "__main__":  # run as a script from a checkout; never put the source tree first for importers
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from redkern import benchmarking as B  # noqa: E402
 from redkern.training import build_model  # noqa: E402

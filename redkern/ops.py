@@ -107,6 +107,14 @@ def _empty_output(x: Tensor, shape) -> Tensor:
     return torch.empty_strided(shape, _output_strides(x, shape), dtype=x.dtype, device=x.device)
 
 
+def _fake_output(x: Tensor, weight: Tensor, transposed: bool, padding) -> Tensor:
+    """The output a layer gives for ``x`` (the fake implementations' one shape rule)."""
+    cout = weight.shape[1] if transposed else weight.shape[0]
+    kh, kw = weight.shape[2:]
+    return _empty_output(x, (x.shape[0], cout, output_size(x.shape[2], kh, padding[0], transposed),
+                             output_size(x.shape[3], kw, padding[1], transposed)))
+
+
 def _forward(where, x, weight, bias, extra, act_weight, act2_weight, transposed, padding, epilogue, backend,
              extra_name="extra"):
     cout, oh, ow = check_conv_args(where, x, weight, bias, extra, transposed, padding, epilogue,
@@ -141,11 +149,7 @@ def conv2d_fused(x: Tensor, weight: Tensor, bias: Tensor | None, extra: Tensor |
 @conv2d_fused.register_fake
 def _(x, weight, bias, extra, act_weight, act2_weight, transposed, padding, act, slope, alpha, residual,
       beta, act2, slope2, backend="auto"):
-    cout = weight.shape[1] if transposed else weight.shape[0]
-    kh, kw = weight.shape[2:]
-    shape = (x.shape[0], cout, output_size(x.shape[2], kh, padding[0], transposed),
-             output_size(x.shape[3], kw, padding[1], transposed))
-    return _empty_output(x, shape)
+    return _fake_output(x, weight, transposed, padding)
 
 
 # --- the three RED-Net ops: their schemas, the general implementation ---------------------------
@@ -303,11 +307,7 @@ def conv2d_fused_train(x: Tensor, weight: Tensor, bias: Tensor | None, extra: Te
 @conv2d_fused_train.register_fake
 def _(x, weight, bias, extra, act_weight, act2_weight, transposed, padding, act, slope, alpha, residual,
       beta, act2, slope2, backend="auto"):
-    cout = weight.shape[1] if transposed else weight.shape[0]
-    kh, kw = weight.shape[2:]
-    shape = (x.shape[0], cout, output_size(x.shape[2], kh, padding[0], transposed),
-             output_size(x.shape[3], kw, padding[1], transposed))
-    return _empty_output(x, shape), _empty_output(x, shape)
+    return _fake_output(x, weight, transposed, padding), _fake_output(x, weight, transposed, padding)
 
 
 def fused_conv(x, weight, bias, extra, act_weight, act2_weight, transposed, padding, epilogue: Epilogue,
@@ -453,10 +453,7 @@ def conv2d_input_grad(grad: Tensor, mask: Tensor | None, weight: Tensor, transpo
 
 @conv2d_input_grad.register_fake
 def _(grad, mask, weight, transposed, padding, alpha, backend="auto"):
-    cout = weight.shape[0] if transposed else weight.shape[1]
-    kh, kw = weight.shape[2:]
-    return _empty_output(grad, (grad.shape[0], cout, output_size(grad.shape[2], kh, padding[0], not transposed),
-                                output_size(grad.shape[3], kw, padding[1], not transposed)))
+    return _fake_output(grad, weight, not transposed, padding)
 
 
 @torch.library.custom_op("redkern::conv2d_weight_grad", mutates_args=())

@@ -198,13 +198,13 @@ def test_weight_packed_once_and_again_after_update():
     shape = emu.packed_weight_shape(emu.DTYPE_CODES["float32"], 3, 16, 16)
     key = (id(case.weight), (emu.__name__, False, torch.float32, shape))
     check(case)
-    packed = cuda_backend._weights._entries[key][3]
+    packed = cuda_backend._weights._entries[key][1]
     check(case)
-    assert cuda_backend._weights._entries[key][3] is packed  # prepared once
+    assert cuda_backend._weights._entries[key][1] is packed  # prepared once
     with torch.no_grad():
         case.weight.mul_(-1.0)  # an in-place update (an optimizer step) must be seen
     check(case)
-    assert cuda_backend._weights._entries[key][3] is not packed
+    assert cuda_backend._weights._entries[key][1] is not packed
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

@@ -63,6 +63,17 @@ void check_weight(const char* where, int cin, int cout, int kh, int kw) {
                                 " channels is too large for the CPU kernels");
 }
 
+// The input's sizes, the weight's and the padding of one call (conv2d, conv2d_weight_grad).
+void check_layer(const char* where, const Layer& L, int ph, int pw) {
+  if (L.n < 1 || L.h < 1 || L.w < 1 || L.cin < 1)
+    throw std::invalid_argument(std::string(where) + ": the input needs N, Cin, H, W >= 1, got " +
+                                L.input() + " for the " + L.weight());
+  check_weight(where, L.cin, L.cout, L.kh, L.kw);
+  if (ph < 0 || ph >= L.kh || pw < 0 || pw >= L.kw)
+    throw std::invalid_argument(std::string(where) + ": padding (" + str(ph) + ", " + str(pw) +
+                                ") must be 0..k-1 on each axis for the " + L.weight());
+}
+
 const char* act_name(int code) {
 #define REDKERN_ACT(name, c) if (code == c) return #name;
 #define REDKERN_RESIDUAL(name, c)
@@ -174,13 +185,7 @@ PYBIND11_MODULE(_C, m) {
          const std::string& isa, std::uintptr_t x_mask, std::int64_t x_mask_numel) {
         const char* where = "conv2d";
         const Layer L{n, h, w, cin, cout, kh, kw};
-        if (n < 1 || h < 1 || w < 1 || cin < 1)
-          throw std::invalid_argument(std::string(where) + ": the input needs N, Cin, H, W >= 1, got " +
-                                      L.input() + " for the " + L.weight());
-        check_weight(where, cin, cout, kh, kw);
-        if (ph < 0 || ph >= kh || pw < 0 || pw >= kw)
-          throw std::invalid_argument(std::string(where) + ": padding (" + str(ph) + ", " + str(pw) +
-                                      ") must be 0..k-1 on each axis for the " + L.weight());
+        check_layer(where, L, ph, pw);
         const std::int64_t oh64 = std::int64_t(h) + 2 * ph - kh + 1, ow64 = std::int64_t(w) + 2 * pw - kw + 1;
         if (oh64 > INT_MAX || ow64 > INT_MAX)
           throw std::invalid_argument(std::string(where) + ": the output is too large for the CPU kernels (" +
@@ -298,13 +303,7 @@ PYBIND11_MODULE(_C, m) {
          std::int64_t g_mask_numel) {
         const char* where = "conv2d_weight_grad";
         const Layer L{n, h, w, cin, cout, kh, kw};
-        if (n < 1 || h < 1 || w < 1 || cin < 1)
-          throw std::invalid_argument(std::string(where) + ": the input needs N, Cin, H, W >= 1, got " +
-                                      L.input() + " for the " + L.weight());
-        check_weight(where, cin, cout, kh, kw);
-        if (ph < 0 || ph >= kh || pw < 0 || pw >= kw)
-          throw std::invalid_argument(std::string(where) + ": padding (" + str(ph) + ", " + str(pw) +
-                                      ") must be 0..k-1 on each axis for the " + L.weight());
+        check_layer(where, L, ph, pw);
         const std::int64_t oh = std::int64_t(h) + 2 * ph - kh + 1, ow = std::int64_t(w) + 2 * pw - kw + 1;
         if (oh < 1 || ow < 1 || oh > INT_MAX || ow > INT_MAX)
           throw std::invalid_argument(std::string(where) + ": a " + str(kh) + "x" + str(kw) +

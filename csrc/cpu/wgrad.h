@@ -41,6 +41,18 @@ struct Segment {
   int len;
 };
 
+// c[r][v] += s[r][v]: a register block's sums into the partial (the second level of the sums).
+template <class S, int R, int NV>
+__attribute__((always_inline)) inline void add_block(const typename S::V (&s)[R][NV], float* c, int ldc) {
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) {
+      float* p = c + std::size_t(r) * ldc + v * S::kW;
+      S::store(p, S::add(S::load(p), s[r][v]));
+    }
+}
+
 // acc[r][v] += sum over the segments' pixels of B[r] * A[v] for R broadcast channels and NV
 // vectors of the vectorised one; the last vector holds `tail` lanes when kTail.
 template <class S, class T, int R, int NV, bool kTail>
@@ -68,13 +80,7 @@ void outer_block(const Segment<T>* segs, int nseg, int a_off, int b_off, int a_s
       }
     }
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* p = acc + std::size_t(r) * ld + v * S::kW;
-      S::store(p, S::add(S::load(p), s[r][v]));
-    }
+  add_block<S, R, NV>(s, acc, ld);
 }
 
 // outer_block with compile-time R = r (1..R) and NV = nv (1..NV).
@@ -258,13 +264,7 @@ void tile_outer(const float* a, int lda, const float* b, int ldb, int k, float* 
       for (int v = 0; v < NV; ++v) s[r][v] = S::fma(ab, bv[v], s[r][v]);
     }
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < NV; ++v) {
-      float* p = c + std::size_t(r) * ldc + v * S::kW;
-      S::store(p, S::add(S::load(p), s[r][v]));
-    }
+  add_block<S, R, NV>(s, c, ldc);
 }
 
 template <class S, int R, int NV>
