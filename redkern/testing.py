@@ -23,7 +23,7 @@ from torch import nn
 from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, reference_conv2d
 
 __all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close", "assert_like_pytorch", "conv_calls",
-           "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "FUSE_MODULES",
+           "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "BF16_GEMM_TOLERANCE", "FUSE_MODULES",
            "backends_here", "copied", "COPY_WAYS"]
 
 # Every activation in both places and every residual mode, with scales that are not 1.
@@ -47,6 +47,12 @@ EPILOGUES: dict[str, Epilogue] = {
 KERNELS = [(1, 0), (3, 1), (5, 2), (9, 4), (3, 0), (5, 0)]
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float64: 1e-12}
+# The bf16 Winograd layers with a bf16 GEMM (the CPU's AMX and vdpbf16ps engines) also round the
+# transformed input and weights to bf16. Those exceed the output by up to the transforms' gain,
+# so one layer's error relative to its output's maximum is a few times bf16's rounding (up to
+# 2.5e-2 seen on ``layer_case`` layers); on trained weights PSNR stays within 0.01 dB of fp32
+# (tests/test_bf16_accuracy.py).
+BF16_GEMM_TOLERANCE = 5e-2
 
 
 @dataclasses.dataclass

@@ -52,6 +52,13 @@ def algorithms(case, isa) -> list:
                                    case.x.dtype, isa)
 
 
+def tolerance(case, algorithm) -> float:
+    """``testing.TOLERANCE``, or the bf16-GEMM Winograd's (its transformed operands are rounded)."""
+    if algorithm in (A.winograd4x4_bf16dot, A.winograd4x4_amx):
+        return T.BF16_GEMM_TOLERANCE
+    return T.TOLERANCE[case.x.dtype]
+
+
 def check_case(case, isas=ISAS, what="") -> int:
     """Every algorithm on every ISA in ``isas`` against the reference; returns the number
     of runs (so a test can assert it ran what it meant to)."""
@@ -61,7 +68,7 @@ def check_case(case, isas=ISAS, what="") -> int:
         for algo in algorithms(case, isa):
             got = run(case, algo, isa)
             try:
-                T.assert_close(got, want, T.TOLERANCE[case.x.dtype], scale)
+                T.assert_close(got, want, tolerance(case, algo), scale)
             except AssertionError as e:
                 raise AssertionError(f"{algo.name} on {isa}, {what} {_describe(case)}: {e}") from None
             runs += 1
@@ -203,13 +210,13 @@ def test_nan_input_stays_nan(isa, dtype):
                 got = run(case, algo, isa)
                 where = f"{algo.name} on {isa}, {_describe(case)}"
                 assert torch.isnan(got)[nan].all(), f"{where}: a NaN input was lost"
-                if algo == A.winograd4x4:
+                if algo in cpu.winograd_algorithms():
                     keep = ~torch.isnan(got)
                 else:
                     assert torch.equal(torch.isnan(got), nan), f"{where}: NaN where the reference has none"
                     keep = ~nan
                 err = ((got.double() - want)[keep].abs().max() / want[~nan].abs().max()).item()
-                assert err <= T.TOLERANCE[dtype], f"{where}: max relative error {err:.2e}"
+                assert err <= tolerance(case, algo), f"{where}: max relative error {err:.2e}"
 
 
 # --- results do not depend on threads ---------------------------------------------------------
@@ -243,7 +250,12 @@ def test_default_algorithm_per_layer():
     f32, bf16 = torch.float32, torch.bfloat16
     choose = cpu.choose_algorithm
     assert choose(64, 64, 3, 1, False, f32) == A.winograd4x4
-    assert choose(128, 128, 3, 1, True, bf16) == A.winograd4x4
+    assert choose(128, 128, 3, 1, True, bf16, "avx2") == A.winograd4x4
+    best = ISAS[-1]
+    want_gemm = (A.winograd4x4_amx if best == "avx512" and _C.amx_supported() else
+                 A.winograd4x4_bf16dot if best == "avx512" and _C.bf16_dot_supported() else A.winograd4x4)
+    assert choose(128, 128, 3, 1, True, bf16, best) == want_gemm
+    assert choose(128, 128, 3, 1, True, f32, best) == A.winograd4x4
     assert choose(16, 16, (3, 3), (1, 1), True, f32) == A.winograd4x4
     assert choose(15, 64, 3, 1, False, f32) == A.direct
     assert choose(64, 64, 3, 0, False, f32) == A.direct      # not padding 1: no Winograd
@@ -272,6 +284,9 @@ def test_algorithm_labels():
         assert cpu.algorithm(1, 64, 3, 1, False, bf16) == "direct 3x3 bf16-dot"
         assert cpu.algorithm(64, 32, 1, 0, False, bf16) == "1x1 GEMM bf16-dot"
     assert cpu.algorithm(1, 64, 3, 1, False, bf16, isa="avx2") == "direct 3x3"
+    assert cpu.algorithm(64, 64, 3, 1, False, bf16, isa="avx2") == "winograd F(4x4,3x3)"
+    assert cpu.label(A.winograd4x4_bf16dot, 3) == "winograd F(4x4,3x3) bf16-dot"
+    assert cpu.label(A.winograd4x4_amx, 3) == "winograd F(4x4,3x3) bf16 AMX"
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
@@ -368,7 +383,7 @@ def test_conv2d_rejects_bad_arguments():
         cpu.conv2d(x, weight, bias, transposed=False, padding=1, epilogue=res)
     with pytest.raises(ValueError, match="extra must be"):
         cpu.conv2d(x, weight, bias, torch.zeros(1, 6, 5, 6), transposed=False, padding=1, epilogue=res)
-    with pytest.raises(ValueError, match="Winograd F.4x4,3x3. algorithm takes 3x3"):
+    with pytest.raises(ValueError, match="Winograd F.4x4,3x3. algorithms take 3x3"):
         cpu.conv2d(x, weight, bias, **{**opts, "padding": (0, 1)}, algorithm=A.winograd4x4)
 
 

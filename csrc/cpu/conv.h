@@ -37,6 +37,10 @@ enum class Algorithm : int {
                        // [tap][cin_pairs][cout_pad][2]
   kDirectFewCout = 3,  // direct conv vectorised over input channels, for cout <= 3;
                        // weights [cout][tap][cin_pad] fp32 (cin padded to 16)
+  kWinograd4x4Bf16Dot = 4,  // Winograd F(4x4,3x3) with a vdpbf16ps GEMM (bf16 activations,
+                            // avx512 kernels, AVX512_BF16); weights G g G^T as bf16 pairs
+                            // [36][cin_pairs][cout_pad][2], cin_pairs = round_up(cin, 32) / 2
+  kWinograd4x4Amx = 5,  // the same with an AMX tile GEMM (CPUs with AMX-BF16); same weights
 };
 
 // Instruction-set levels, each a superset of the one before.
@@ -108,9 +112,13 @@ void conv2d_weight_grad(const WgradArgs& args, float* dw, float* db, DType dtype
 // lacks: a forced ISA is never silently replaced.
 Isa selected_isa();
 bool isa_supported(Isa isa);
-// The CPU has AVX512_BF16 (vdpbf16ps), which Algorithm::kDirectBf16Dot needs (with the
-// avx512 kernels).
+// The CPU has AVX512_BF16 (vdpbf16ps), which Algorithm::kDirectBf16Dot and
+// kWinograd4x4Bf16Dot need (with the avx512 kernels).
 bool bf16_dot_supported();
+// The CPU has AMX-TILE and AMX-BF16 and the kernel lets this process use them (Linux asks a
+// process to request the tile state once; the first call does), which
+// Algorithm::kWinograd4x4Amx needs (with the avx512 kernels).
+bool amx_supported();
 const char* isa_name(Isa isa);
 Isa parse_isa(const char* name);  // throws std::invalid_argument for unknown names
 

@@ -6,6 +6,14 @@
 #include <stdexcept>
 #include <string>
 
+#if defined(REDKERN_X86)
+#include <cpuid.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#endif
+
 namespace redkern::cpu {
 
 namespace {
@@ -50,6 +58,27 @@ std::string window(const ConvArgs& a) {
          std::to_string(a.ph) + ", " + std::to_string(a.pw) + ")";
 }
 
+void check_winograd_window(const ConvArgs& a) {
+  if (a.kh != 3 || a.kw != 3 || a.ph != 1 || a.pw != 1)
+    throw std::invalid_argument(
+        "the Winograd F(4x4,3x3) algorithms take 3x3 kernels with padding (1, 1) (as a "
+        "convolution; a transposed one's padding 1 is that too), not a " + window(a));
+}
+
+// AMX-TILE and AMX-BF16 in CPUID leaf 7, and the tile data state granted to this process.
+bool request_amx() {
+#if defined(REDKERN_X86) && defined(__linux__)
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+  const bool amx_bf16 = edx & (1u << 22), amx_tile = edx & (1u << 24);
+  if (!amx_bf16 || !amx_tile) return false;
+  constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 bool isa_supported(Isa isa) {
@@ -74,6 +103,11 @@ bool bf16_dot_supported() {
 #else
   return false;
 #endif
+}
+
+bool amx_supported() {
+  static const bool granted = isa_supported(Isa::kAvx512) && request_amx();
+  return granted;
 }
 
 const char* isa_name(Isa isa) {
@@ -107,11 +141,31 @@ void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa) {
   switch (algorithm) {
     case Algorithm::kDirect: fn = bf16 ? k.direct_bf16 : k.direct_f32; break;
     case Algorithm::kWinograd4x4:
-      if (args.kh != 3 || args.kw != 3 || args.ph != 1 || args.pw != 1)
-        throw std::invalid_argument(
-            "the Winograd F(4x4,3x3) algorithm takes 3x3 kernels with padding (1, 1) (as a "
-            "convolution; a transposed one's padding 1 is that too), not a " + window(args));
+      check_winograd_window(args);
       fn = bf16 ? k.winograd4_bf16 : k.winograd4_f32;
+      break;
+    case Algorithm::kWinograd4x4Bf16Dot:
+      check_winograd_window(args);
+      if (!bf16)
+        throw std::invalid_argument("the bf16-dot Winograd algorithm takes bf16 activations only");
+#if defined(REDKERN_X86)
+      if (isa == Isa::kAvx512 && bf16_dot_supported()) fn = conv_winograd4_bf16dot;
+#endif
+      if (fn == nullptr)
+        throw std::invalid_argument(std::string("the bf16-dot Winograd algorithm needs the avx512 "
+                                                "kernels on a CPU with AVX512_BF16, not ") +
+                                    isa_name(isa) + (bf16_dot_supported() ? "" : " on this CPU"));
+      break;
+    case Algorithm::kWinograd4x4Amx:
+      check_winograd_window(args);
+      if (!bf16) throw std::invalid_argument("the AMX Winograd algorithm takes bf16 activations only");
+#if defined(REDKERN_X86)
+      if (isa == Isa::kAvx512 && amx_supported()) fn = conv_winograd4_amx;
+#endif
+      if (fn == nullptr)
+        throw std::invalid_argument(std::string("the AMX Winograd algorithm needs the avx512 kernels "
+                                                "on a CPU with AMX-BF16, not ") +
+                                    isa_name(isa) + (amx_supported() ? "" : " on this CPU"));
       break;
     case Algorithm::kDirectFewCout:
       if (args.cout > kFewCoutMax)
@@ -132,9 +186,12 @@ void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa) {
       break;
   }
   if (fn == nullptr) throw std::invalid_argument("unknown convolution algorithm");
-  if (args.x_mask != nullptr && algorithm != Algorithm::kWinograd4x4)
+  const bool winograd = algorithm == Algorithm::kWinograd4x4 ||
+                        algorithm == Algorithm::kWinograd4x4Bf16Dot ||
+                        algorithm == Algorithm::kWinograd4x4Amx;
+  if (args.x_mask != nullptr && !winograd)
     throw std::invalid_argument("an input mask (the ReLU-derivative prologue) runs with the Winograd "
-                                "F(4x4,3x3) algorithm only");
+                                "F(4x4,3x3) algorithms only");
   fn(args);
 }
 

@@ -52,7 +52,9 @@ REDKERN_ISA_ENTRY_POINTS(generic)
 #if defined(REDKERN_X86)
 REDKERN_ISA_ENTRY_POINTS(avx2)
 REDKERN_ISA_ENTRY_POINTS(avx512)
-void conv_direct_bf16dot(const ConvArgs& a);  // isa_avx512/conv_bf16dot.cpp
+void conv_direct_bf16dot(const ConvArgs& a);     // isa_avx512/conv_bf16dot.cpp
+void conv_winograd4_bf16dot(const ConvArgs& a);  // isa_avx512/winograd_bf16.cpp
+void conv_winograd4_amx(const ConvArgs& a);      // isa_avx512/winograd_bf16.cpp
 #endif
 
 }  // namespace redkern::cpu

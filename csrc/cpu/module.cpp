@@ -126,7 +126,9 @@ PYBIND11_MODULE(_C, m) {
       .value("direct", Algorithm::kDirect)
       .value("winograd4x4", Algorithm::kWinograd4x4)
       .value("direct_bf16dot", Algorithm::kDirectBf16Dot)
-      .value("direct_few_cout", Algorithm::kDirectFewCout);
+      .value("direct_few_cout", Algorithm::kDirectFewCout)
+      .value("winograd4x4_bf16dot", Algorithm::kWinograd4x4Bf16Dot)
+      .value("winograd4x4_amx", Algorithm::kWinograd4x4Amx);
 
   m.def("selected_isa", [] { return std::string(isa_name(selected_isa())); },
         "Instruction set of the kernels used by default: the best this CPU has, or the one "
@@ -139,7 +141,11 @@ PYBIND11_MODULE(_C, m) {
       },
       "Every instruction set whose kernels can run on this CPU, lowest first");
   m.def("bf16_dot_supported", &bf16_dot_supported,
-        "This CPU has AVX512_BF16, so Algorithm.direct_bf16dot runs (with the avx512 kernels)");
+        "This CPU has AVX512_BF16, so Algorithm.direct_bf16dot and winograd4x4_bf16dot run (with "
+        "the avx512 kernels)");
+  m.def("amx_supported", &amx_supported,
+        "This CPU has AMX-BF16 and the OS grants this process the tile state, so "
+        "Algorithm.winograd4x4_amx runs (with the avx512 kernels)");
 
   m.def(
       "packed_weight_size",

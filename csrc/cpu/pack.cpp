@@ -19,6 +19,22 @@ float conv_tap(const float* w, int cin, int cout, int kh, int kw, bool transpose
              : w[((std::size_t(co) * cin + ci) * kh + ky) * kw + kx];
 }
 
+// U = (G g) G^T in double for one (co, ci) pair; tap(t) reads the window in row-major order.
+template <class Tap>
+void winograd_weight(const Tap& tap, double u[36]) {
+  double gg[6][3] = {};
+  for (int i = 0; i < 6; ++i)
+    for (int a = 0; a < 3; ++a)
+      for (int b = 0; b < 3; ++b) gg[i][b] += winograd::kG[i][a] * double(tap(a * 3 + b));
+  for (int i = 0; i < 6; ++i)
+    for (int k = 0; k < 6; ++k)
+      u[i * 6 + k] = gg[i][0] * winograd::kG[k][0] + gg[i][1] * winograd::kG[k][1] +
+                     gg[i][2] * winograd::kG[k][2];
+}
+
+// Pairs of input channels in the bf16 Winograd layouts: cin rounded up to 32 (AMX's K step).
+std::size_t winograd_bf16_pairs(int cin) { return std::size_t(div_up(cin, 32)) * 16; }
+
 }  // namespace
 
 std::size_t packed_weight_size(int cin, int cout, int kh, int kw, Algorithm algorithm) {
@@ -31,6 +47,12 @@ std::size_t packed_weight_size(int cin, int cout, int kh, int kw, Algorithm algo
                                     std::to_string(kh) + "x" + std::to_string(kw));
       return 36 * std::size_t(cin) * cp;
     case Algorithm::kDirectBf16Dot: return taps * div_up(cin, 2) * cp;
+    case Algorithm::kWinograd4x4Bf16Dot:
+    case Algorithm::kWinograd4x4Amx:
+      if (kh != 3 || kw != 3)
+        throw std::invalid_argument("the Winograd F(4x4,3x3) algorithm takes 3x3 kernels only, not " +
+                                    std::to_string(kh) + "x" + std::to_string(kw));
+      return 36 * winograd_bf16_pairs(cin) * cp;
     case Algorithm::kDirectFewCout: return taps * cout * padded_cout(cin);
   }
   throw std::invalid_argument("unknown convolution algorithm");
@@ -53,16 +75,21 @@ void pack_weight(const float* w, int cin, int cout, int kh, int kw, bool transpo
             packed[((std::size_t(co / 16) * taps + t) * cin + ci) * 16 + co % 16] = tap(t);
           break;
         case Algorithm::kWinograd4x4: {  // U = (G g) G^T in double, as [36][cin][cout_pad]
-          double gg[6][3] = {};
-          for (int i = 0; i < 6; ++i)
-            for (int a = 0; a < 3; ++a)
-              for (int b = 0; b < 3; ++b) gg[i][b] += winograd::kG[i][a] * double(tap(a * 3 + b));
-          for (int i = 0; i < 6; ++i)
-            for (int k = 0; k < 6; ++k) {
-              const double u = gg[i][0] * winograd::kG[k][0] + gg[i][1] * winograd::kG[k][1] +
-                               gg[i][2] * winograd::kG[k][2];
-              packed[(std::size_t(i * 6 + k) * cin + ci) * cp + co] = float(u);
-            }
+          double u[36];
+          winograd_weight(tap, u);
+          for (int pos = 0; pos < 36; ++pos)
+            packed[(std::size_t(pos) * cin + ci) * cp + co] = float(u[pos]);
+          break;
+        }
+        case Algorithm::kWinograd4x4Bf16Dot:
+        case Algorithm::kWinograd4x4Amx: {  // U as bf16 pairs [36][cin_pairs][cout_pad][2]
+          double u[36];
+          winograd_weight(tap, u);
+          auto* halves = reinterpret_cast<bf16_t*>(packed);
+          for (int pos = 0; pos < 36; ++pos) {
+            const std::size_t word = (std::size_t(pos) * winograd_bf16_pairs(cin) + ci / 2) * cp + co;
+            halves[2 * word + (ci & 1)] = f32_to_bf16(float(u[pos]));
+          }
           break;
         }
         case Algorithm::kDirectFewCout:  // [cout][tap][cin_pad]

@@ -285,7 +285,8 @@ void weight_grad_winograd4(const WgradArgs& a, float* partials, std::size_t stri
   winograd::Geometry<S> geo{a.n, a.h, a.w, a.cin, a.cout, div_up(a.h, 4), div_up(a.w, 4),
                             padded_cout(a.cin), padded_cout(a.cout), 0};
   const long tiles = long(a.n) * geo.tiles_y * geo.tiles_x;
-  geo.tb = winograd::tiles_per_block<S>(geo.cin_pad, geo.cout_pad, tiles, a.nthreads);
+  geo.tb = winograd::tiles_per_block<S>(geo.cin_pad * long(sizeof(float)), geo.cout_pad, tiles,
+                                         a.nthreads, S::kGemmRows);
   const long blocks = (tiles + geo.tb - 1) / geo.tb;
   const T* x = static_cast<const T*>(a.x);
   const T* g = static_cast<const T*>(a.g);
@@ -307,7 +308,7 @@ void weight_grad_winograd4(const WgradArgs& a, float* partials, std::size_t stri
       if (vbuf == nullptr || gbuf == nullptr) continue;
       const long t0 = blk * geo.tb;
       const int nt = int(tiles - t0 < geo.tb ? tiles - t0 : geo.tb);
-      winograd::transform_inputs<S, T>(geo, x, t0, nt, nt, vbuf);
+      winograd::transform_inputs<S, T, false, float>(geo, x, t0, nt, nt, vbuf);
       transform_grads<S, T>(geo, g, static_cast<const T*>(a.g_mask), t0, nt, gbuf, db);
       for (int pos = 0; pos < 36; ++pos) {
         const float* gp = gbuf + std::size_t(pos) * geo.tb * geo.cout_pad;

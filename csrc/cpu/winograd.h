@@ -1,5 +1,7 @@
-// Winograd F(4x4, 3x3) convolution (3x3 kernels, padding 1), a template on the ISA's vector type S and the activation
-// storage type T (float or bf16_t). Instantiated once per ISA translation unit.
+// Winograd F(4x4, 3x3) convolution (3x3 kernels, padding 1), a template on the ISA's vector type S, the activation
+// storage type T (float or bf16_t) and the GEMM engine of step 2 (fp32 FMAs here; bf16 dot
+// products and AMX tiles in isa_avx512/winograd_bf16.cpp, which store V as bf16).
+// Instantiated once per ISA translation unit.
 //
 // Each 4x4 output tile needs a 6x6 input tile d; with U = G g G^T (packed once per weight,
 // see pack.cpp) the tile is Y = A^T [sum over cin of U (.) (B^T d B)] A: 36 products per 16
@@ -83,9 +85,9 @@ struct Geometry {
 // B^T d B for one channel vector of one input tile, stored to v + pos * pstride. rows[r] is
 // the start of input row r of the tile (null above or below the image), x0 the tile's left
 // column. Interior tiles (kEdge false) load without checks; edge tiles read zeros outside
-// the image and only `n` channels.
-template <class S, class T, bool kEdge, bool kMask = false>
-inline void input_tile(const T* const rows[6], int x0, int w, int cin, int c, int n, float* v,
+// the image and only `n` channels. VT: V's storage type (float, or bf16_t for the bf16 GEMMs).
+template <class S, class T, bool kEdge, bool kMask, class VT>
+inline void input_tile(const T* const rows[6], int x0, int w, int cin, int c, int n, VT* v,
                        std::size_t pstride, const T* const mrows[6] = nullptr) {
   using V = typename S::V;
   V e[6][6];
@@ -120,10 +122,11 @@ inline void input_tile(const T* const rows[6], int x0, int w, int cin, int c, in
   }
 }
 
-// Step 1: V[pos][i][c] for tiles t0 .. t0+nt-1; rows nt .. rows-1 of V are zeroed. With
-// kMask, x is read as mask <= 0 ? 0 : x (mask laid out as x; NaN keeps x).
-template <class S, class T, bool kMask = false>
-void transform_inputs(const Geometry<S>& g, const T* x, long t0, int nt, int rows, float* vbuf,
+// Step 1: V[pos][i][c] for tiles t0 .. t0+nt-1; rows nt .. rows-1 of V and channels past
+// the last vector (up to cin_pad) are zeroed, since the GEMMs may read them (0 * garbage could
+// be NaN). With kMask, x is read as mask <= 0 ? 0 : x (mask laid out as x; NaN keeps x).
+template <class S, class T, bool kMask, class VT>
+void transform_inputs(const Geometry<S>& g, const T* x, long t0, int nt, int rows, VT* vbuf,
                       const T* mask = nullptr) {
   const std::size_t pstride = std::size_t(g.tb) * g.cin_pad;
   for (int i = 0; i < nt; ++i) {
@@ -139,18 +142,20 @@ void transform_inputs(const Geometry<S>& g, const T* x, long t0, int nt, int row
       if constexpr (kMask) mask_rows[r] = in_rows[r] ? mask + row : nullptr;
     }
     const bool interior = y0 >= 0 && y0 + 6 <= g.h && x0 >= 0 && x0 + 6 <= g.w;
-    float* v = vbuf + std::size_t(i) * g.cin_pad;
+    VT* v = vbuf + std::size_t(i) * g.cin_pad;
     for (int c = 0; c < g.cin; c += S::kW) {
       const int n = min_int(S::kW, g.cin - c);
       if (interior && n == S::kW)
-        input_tile<S, T, false, kMask>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride, mask_rows);
+        input_tile<S, T, false, kMask, VT>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride, mask_rows);
       else
-        input_tile<S, T, true, kMask>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride, mask_rows);
+        input_tile<S, T, true, kMask, VT>(in_rows, x0, g.w, g.cin, c, n, v + c, pstride, mask_rows);
     }
+    for (int pos = 0; pos < 36; ++pos)
+      for (int c = div_up(g.cin, S::kW) * S::kW; c < g.cin_pad; ++c) v[pos * pstride + c] = VT(0);
   }
   for (int pos = 0; pos < 36; ++pos)
     for (int i = nt; i < rows; ++i)
-      for (int c = 0; c < g.cin_pad; ++c) vbuf[pos * pstride + std::size_t(i) * g.cin_pad + c] = 0.0f;
+      for (int c = 0; c < g.cin_pad; ++c) vbuf[pos * pstride + std::size_t(i) * g.cin_pad + c] = VT(0);
 }
 
 // C[R][NV vectors] = A[R][k] * B[k][NV vectors], all row-major with the given strides.
@@ -190,22 +195,31 @@ void gemm_block_nv(int nv, const float* a, int lda, const float* b, int ldb, int
   gemm_block<S, S::kGemmRows, NV>(a, lda, b, ldb, k, c, ldc);
 }
 
-// Step 2: M[pos] = V[pos] * U[pos] for the first `rows` tiles of the block.
+// Step 2's engines. Each says how V is stored (VT, its row stride for `cin` channels), how
+// many rows (tiles) it multiplies at a time, and computes M[pos] = V[pos] * U[pos] for the
+// first `rows` tiles of the block (rows a multiple of kRows).
+// This one: fp32 V and U ([36][cin][cout_pad], Algorithm::kWinograd4x4), fp32 FMAs.
 template <class S>
-void multiply(const Geometry<S>& g, const float* vbuf, const float* packed, int rows, float* mbuf) {
-  constexpr int R = S::kGemmRows, NV = S::kGemmVecs;
-  for (int pos = 0; pos < 36; ++pos) {
-    const float* v = vbuf + std::size_t(pos) * g.tb * g.cin_pad;
-    const float* u = packed + std::size_t(pos) * g.cin * g.cout_pad;
-    float* m = mbuf + std::size_t(pos) * g.tb * g.cout_pad;
-    for (int co = 0; co < g.cout_pad; co += NV * S::kW) {
-      const int nv = min_int(NV, (g.cout_pad - co) / S::kW);
-      for (int r = 0; r < rows; r += R)
-        gemm_block_nv<S, NV>(nv, v + std::size_t(r) * g.cin_pad, g.cin_pad, u + co, g.cout_pad,
-                             g.cin, m + std::size_t(r) * g.cout_pad + co, g.cout_pad);
+struct FmaGemm {
+  using VT = float;
+  static constexpr int kRows = S::kGemmRows;
+  static int cin_stride(int cin) { return padded_cout(cin); }
+  static void multiply(const Geometry<S>& g, const float* vbuf, const float* packed, int rows,
+                       float* mbuf) {
+    constexpr int R = S::kGemmRows, NV = S::kGemmVecs;
+    for (int pos = 0; pos < 36; ++pos) {
+      const float* v = vbuf + std::size_t(pos) * g.tb * g.cin_pad;
+      const float* u = packed + std::size_t(pos) * g.cin * g.cout_pad;
+      float* m = mbuf + std::size_t(pos) * g.tb * g.cout_pad;
+      for (int co = 0; co < g.cout_pad; co += NV * S::kW) {
+        const int nv = min_int(NV, (g.cout_pad - co) / S::kW);
+        for (int r = 0; r < rows; r += R)
+          gemm_block_nv<S, NV>(nv, v + std::size_t(r) * g.cin_pad, g.cin_pad, u + co, g.cout_pad,
+                               g.cin, m + std::size_t(r) * g.cout_pad + co, g.cout_pad);
+      }
     }
   }
-}
+};
 
 // A^T m A for one channel vector of one tile (m at m + pos * pstride), plus bias and the
 // epilogue of mode M, stored to the output rows (yrows[r] + column; erows likewise for the
@@ -271,27 +285,28 @@ void transform_outputs(const Geometry<S>& g, const float* mbuf, const float* bia
 
 // Tiles per block: V and M of a block together fill half of this core's L2, leaving the
 // other half to the transformed weights streaming through (one 64x64 layer's are 590 KB);
-// rounded to the GEMM's row blocking, and small enough that every thread gets a block on
-// small images.
+// rounded to the GEMM's row blocking R, and small enough that every thread gets a block on
+// small images. V's rows take v_row_bytes, M's cout_pad floats.
 template <class S>
-int tiles_per_block(int cin_pad, int cout_pad, long tiles, int nthreads) {
-  constexpr int R = S::kGemmRows;
+int tiles_per_block(long v_row_bytes, int cout_pad, long tiles, int nthreads, int R) {
   const long budget = long(l2_cache_bytes() / 2);
-  const long per_tile = 36L * (cin_pad + cout_pad) * long(sizeof(float));
+  const long per_tile = 36L * (v_row_bytes + cout_pad * long(sizeof(float)));
   long tb = budget / per_tile / R * R;
   const long fair = (tiles + nthreads - 1) / nthreads;
   if (tb > (fair + R - 1) / R * R) tb = (fair + R - 1) / R * R;
   return int(tb < R ? R : tb);
 }
 
-// y for a 3x3 kernel with padding 1 (dispatch.cpp checks), so oh == h and ow == w.
-template <class S, class T>
+// y for a 3x3 kernel with padding 1 (dispatch.cpp checks), so oh == h and ow == w, with the
+// GEMM engine `Gemm` (a.packed in its layout).
+template <class S, class T, class Gemm = FmaGemm<S>>
 void conv_winograd4(const ConvArgs& a) {
-  constexpr int R = S::kGemmRows;
+  using VT = typename Gemm::VT;
+  constexpr int R = Gemm::kRows;
   Geometry<S> g{a.n, a.h, a.w, a.cin, a.cout, div_up(a.h, 4), div_up(a.w, 4),
-             padded_cout(a.cin), padded_cout(a.cout), 0};
+             Gemm::cin_stride(a.cin), padded_cout(a.cout), 0};
   const long tiles = long(a.n) * g.tiles_y * g.tiles_x;
-  g.tb = tiles_per_block<S>(g.cin_pad, g.cout_pad, tiles, a.nthreads);
+  g.tb = tiles_per_block<S>(long(g.cin_pad) * long(sizeof(VT)), g.cout_pad, tiles, a.nthreads, R);
   const long blocks = (tiles + g.tb - 1) / g.tb;
   const T* x = static_cast<const T*>(a.x);
   const T* x_mask = static_cast<const T*>(a.x_mask);
@@ -303,7 +318,9 @@ void conv_winograd4(const ConvArgs& a) {
 
 #pragma omp parallel num_threads(a.nthreads)
   {
-    float* vbuf = thread_scratch(36 * std::size_t(g.tb) * g.cin_pad, 0);
+    // V in scratch floats (VT is float or 16-bit bf16_t).
+    VT* vbuf = reinterpret_cast<VT*>(
+        thread_scratch((36 * std::size_t(g.tb) * g.cin_pad * sizeof(VT) + 3) / sizeof(float), 0));
     float* mbuf = thread_scratch(36 * std::size_t(g.tb) * g.cout_pad, 1);
     if (vbuf == nullptr || mbuf == nullptr) {
 #pragma omp atomic write
@@ -316,10 +333,10 @@ void conv_winograd4(const ConvArgs& a) {
       const int nt = int(tiles - t0 < g.tb ? tiles - t0 : g.tb);
       const int rows = div_up(nt, R) * R;
       if (x_mask != nullptr)
-        transform_inputs<S, T, true>(g, x, t0, nt, rows, vbuf, x_mask);
+        transform_inputs<S, T, true, VT>(g, x, t0, nt, rows, vbuf, x_mask);
       else
-        transform_inputs<S, T>(g, x, t0, nt, rows, vbuf);
-      multiply<S>(g, vbuf, a.packed, rows, mbuf);
+        transform_inputs<S, T, false, VT>(g, x, t0, nt, rows, vbuf);
+      Gemm::multiply(g, vbuf, a.packed, rows, mbuf);
       switch (mode) {
         case EpiMode::kRelu:
           transform_outputs<S, T, EpiMode::kRelu>(g, mbuf, a.bias, extra, t0, nt, y, p);

@@ -9,8 +9,11 @@ padding ``k - 1 - p``).
 Algorithm per layer (``choose_algorithm``), decided by the window and the channel counts:
 
 - Winograd F(4x4, 3x3) for 3x3 windows with (equivalent) padding 1 when both ``cin`` and
-  ``cout`` are >= 16 (RED-Net's 64->64 layers): about 4x fewer multiplications; transforms
-  and GEMMs in fp32, weights transformed in fp64.
+  ``cout`` are >= 16 (RED-Net's 64->64 layers): about 4x fewer multiplications; weights
+  transformed in fp64, transforms in fp32. The GEMMs of the 36 tile positions run in fp32,
+  except with bf16 activations on the avx512 kernels: there the transformed input and weights
+  are rounded to bf16 and multiplied on AMX tiles (CPUs with AMX-BF16) or with vdpbf16ps
+  (AVX512_BF16), accumulating in fp32 (``bf16_winograd_gemm`` names which).
 - Direct convolution otherwise (other windows, and the 1- or 3-channel first and last
   layers, where a Winograd transform would cost more than the few multiplications it saves):
   - ``cout <= 3`` (the last layer): vectorised over input channels, since a vector of output
@@ -26,7 +29,8 @@ layout flipped) and ``conv2d_weight_grad`` the weight's; both take ReLU's deriva
 read in the Winograd kernels' prologue (``x_mask``, ``grad_mask``).
 
 ``algorithm()`` names the choice for the plan report (``"winograd F(4x4,3x3)"``,
-``"direct 5x5"``, ``"1x1 GEMM"``, ``"direct few-cout 3x3"``, ``"direct 3x3 bf16-dot"``...).
+``"winograd F(4x4,3x3) bf16 AMX"``, ``"direct 5x5"``, ``"1x1 GEMM"``, ``"direct few-cout 3x3"``,
+``"direct 3x3 bf16-dot"``...).
 
 Kernel ISA: ``_C.selected_isa()``, the best this CPU supports unless ``REDKERN_CPU_ISA``
 (generic, avx2, avx512) forces a lower one. ``conv2d(..., algorithm=, isa=)`` force either
@@ -116,6 +120,25 @@ def _winograd_fits(kh, kw, ph, pw) -> bool:
     return (kh, kw, ph, pw) == (3, 3, 1, 1)
 
 
+def winograd_algorithms():
+    """Every Winograd F(4x4,3x3) ``_C.Algorithm`` (they all take ``x_mask``)."""
+    return (_C.Algorithm.winograd4x4, _C.Algorithm.winograd4x4_bf16dot, _C.Algorithm.winograd4x4_amx)
+
+
+def bf16_winograd_gemm(isa: str | None = None):
+    """The bf16 GEMM engine the Winograd layers of bf16 models use with the kernels of ``isa``
+    (default: the selected one): ``_C.Algorithm.winograd4x4_amx`` on CPUs with AMX-BF16,
+    ``winograd4x4_bf16dot`` on CPUs with AVX512_BF16, both with the avx512 kernels; else
+    ``None`` (the fp32 Winograd runs on the widened bf16 input)."""
+    if (isa or _C.selected_isa()) != "avx512":
+        return None
+    if _C.amx_supported():
+        return _C.Algorithm.winograd4x4_amx
+    if _C.bf16_dot_supported():
+        return _C.Algorithm.winograd4x4_bf16dot
+    return None
+
+
 def runnable_algorithms(cin: int, cout: int, kernel, padding, transposed: bool,
                         dtype: torch.dtype, isa: str | None = None) -> list:
     """Every ``_C.Algorithm`` the kernels of ``isa`` (default: the selected one) can run
@@ -125,12 +148,17 @@ def runnable_algorithms(cin: int, cout: int, kernel, padding, transposed: bool,
     kh, kw, ph, pw = conv_geometry(kernel, padding, transposed)
     isa = isa or _C.selected_isa()
     algos = [_C.Algorithm.direct]
-    if _winograd_fits(kh, kw, ph, pw):
+    winograd = _winograd_fits(kh, kw, ph, pw)
+    if winograd:
         algos.append(_C.Algorithm.winograd4x4)
     if cout <= FEW_COUT_MAX:
         algos.append(_C.Algorithm.direct_few_cout)
     if dtype == torch.bfloat16 and isa == "avx512" and _C.bf16_dot_supported():
         algos.append(_C.Algorithm.direct_bf16dot)
+        if winograd:
+            algos.append(_C.Algorithm.winograd4x4_bf16dot)
+    if dtype == torch.bfloat16 and isa == "avx512" and winograd and _C.amx_supported():
+        algos.append(_C.Algorithm.winograd4x4_amx)
     return algos
 
 
@@ -140,7 +168,8 @@ def choose_algorithm(cin: int, cout: int, kernel, padding, transposed: bool, dty
     _check_dtype(dtype)
     kh, kw, ph, pw = conv_geometry(kernel, padding, transposed)
     if _winograd_fits(kh, kw, ph, pw) and min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
-        return _C.Algorithm.winograd4x4
+        bf16_gemm = bf16_winograd_gemm(isa) if dtype == torch.bfloat16 else None
+        return bf16_gemm if bf16_gemm is not None else _C.Algorithm.winograd4x4
     if cout <= FEW_COUT_MAX:
         return _C.Algorithm.direct_few_cout
     if dtype == torch.bfloat16 and (isa or _C.selected_isa()) == "avx512" and _C.bf16_dot_supported():
@@ -154,6 +183,10 @@ def label(algo, kernel) -> str:
     window = f"{kh}x{kw}"
     if algo == _C.Algorithm.winograd4x4:
         return "winograd F(4x4,3x3)"
+    if algo == _C.Algorithm.winograd4x4_bf16dot:
+        return "winograd F(4x4,3x3) bf16-dot"
+    if algo == _C.Algorithm.winograd4x4_amx:
+        return "winograd F(4x4,3x3) bf16 AMX"
     if algo == _C.Algorithm.direct_few_cout:
         return f"direct few-cout {window}"
     gemm = (kh, kw) == (1, 1)
@@ -267,7 +300,7 @@ def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: 
     if algorithm is None:
         algorithm = choose_algorithm(cin, cout, (kh, kw), (ph, pw), transposed, x.dtype, isa)
     _, _, cph, cpw = conv_geometry((kh, kw), (ph, pw), transposed)
-    if x_mask is not None and algorithm != _C.Algorithm.winograd4x4:
+    if x_mask is not None and algorithm not in winograd_algorithms():
         x, x_mask = _masked(x, x_mask), None
     mp, mn, keep_mask = _mask_pointer(x_mask, x, "x_mask")
 

@@ -1,0 +1,181 @@
+// Winograd F(4x4,3x3) on bf16 activations with a bf16 GEMM: V = B^T d B is stored as bf16
+// (rounded once, from the fp32 transform), U = G g G^T as bf16 (rounded once, from fp64),
+// and each of the 36 products M[pos] = V[pos] * U[pos] accumulates in fp32; the input and
+// output transforms, the bias and the epilogue stay fp32 (winograd.h). Two engines:
+//   - vdpbf16ps (AVX512_BF16): pairs of input channels per instruction, twice the fp32 FMA
+//     rate, register-blocked like the fp32 GEMM (6 tiles x 64 output channels);
+//   - AMX (AMX-TILE, AMX-BF16): 16x16 fp32 tiles accumulating 16x32 by 32x16 bf16 products,
+//     2x2 tiles (32 tiles x 32 output channels) per block.
+// Both read U packed as bf16 pairs [36][cin_pairs][cout_pad][2] (input channels ci even, ci
+// odd per 32-bit word), cin_pairs = cin rounded up to 32, halved (pack.cpp): one layout for
+// both, so AMX's 32-deep K steps need no edge case; V's rows are padded alike, with zeros.
+//
+// Only the functions marked REDKERN_BF16DOT or REDKERN_AMX use those instructions; dispatch
+// calls them only on CPUs (and, for AMX, a kernel) that provide them.
+#include <cstdint>
+#include <cstring>
+
+#include "cpu/dispatch.h"
+#include "cpu/isa_avx512/simd_avx512.h"
+#include "cpu/winograd.h"
+
+#define REDKERN_BF16DOT __attribute__((target("avx512bf16")))
+#define REDKERN_AMX __attribute__((target("amx-tile,amx-bf16")))
+
+namespace redkern::cpu {
+
+namespace {
+
+using Geo = winograd::Geometry<Avx512>;
+
+// V's row stride (bf16 elements) and U's pair count for `cin` input channels.
+int bf16_cin_stride(int cin) { return div_up(cin, 32) * 32; }
+
+// C[R][NV vectors] = A[R][2*pairs] (bf16) * B[pairs][NV vectors][2] (bf16 pairs).
+template <int R, int NV>
+REDKERN_BF16DOT void dot_block(const bf16_t* a, int lda, const float* b, int ldb, int pairs,
+                               float* c, int ldc) {
+  // Loops over R and NV are unrolled so `acc` stays in registers (see direct_block).
+  __m512 acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_ps();
+  for (int kp = 0; kp < pairs; ++kp, a += 2, b += ldb) {
+    __m512bh wv[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) wv[v] = (__m512bh)_mm512_loadu_ps(b + v * 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      std::int32_t pair;
+      std::memcpy(&pair, a + std::size_t(r) * lda, sizeof pair);
+      const __m512bh xb = (__m512bh)_mm512_set1_epi32(pair);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], xb, wv[v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(c + std::size_t(r) * ldc + v * 16, acc[r][v]);
+}
+
+template <int NV>
+REDKERN_BF16DOT void dot_block_nv(int nv, const bf16_t* a, int lda, const float* b, int ldb,
+                                  int pairs, float* c, int ldc) {
+  if constexpr (NV > 1) {
+    if (nv < NV) return dot_block_nv<NV - 1>(nv, a, lda, b, ldb, pairs, c, ldc);
+  }
+  dot_block<Avx512::kGemmRows, NV>(a, lda, b, ldb, pairs, c, ldc);
+}
+
+struct DotGemm {
+  using VT = bf16_t;
+  static constexpr int kRows = Avx512::kGemmRows;
+  static int cin_stride(int cin) { return bf16_cin_stride(cin); }
+  REDKERN_BF16DOT static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed,
+                                       int rows, float* mbuf) {
+    constexpr int R = Avx512::kGemmRows, NV = Avx512::kGemmVecs;
+    const int pairs = div_up(g.cin, 2);  // V's pad channels past these are zeros, U's too
+    for (int pos = 0; pos < 36; ++pos) {
+      const bf16_t* v = vbuf + std::size_t(pos) * g.tb * g.cin_pad;
+      const float* u = packed + std::size_t(pos) * (g.cin_pad / 2) * g.cout_pad;
+      float* m = mbuf + std::size_t(pos) * g.tb * g.cout_pad;
+      for (int co = 0; co < g.cout_pad; co += NV * 16) {
+        const int nv = min_int(NV, (g.cout_pad - co) / 16);
+        for (int r = 0; r < rows; r += R)
+          dot_block_nv<NV>(nv, v + std::size_t(r) * g.cin_pad, g.cin_pad, u + co, g.cout_pad, pairs,
+                           m + std::size_t(r) * g.cout_pad + co, g.cout_pad);
+      }
+    }
+  }
+};
+
+// The AMX tile configuration (palette 1): tiles 0-3 the fp32 accumulators C[2][2], 4-5 two
+// 16-row slices of V (A), 6-7 two 16-column slices of U (B); each 16 rows of 64 bytes.
+struct alignas(64) TileConfig {
+  std::uint8_t palette, start_row, reserved[14];
+  std::uint16_t colsb[16];
+  std::uint8_t rows[16];
+};
+
+REDKERN_AMX void amx_configure() {
+  TileConfig cfg;
+  std::memset(&cfg, 0, sizeof cfg);
+  cfg.palette = 1;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  _tile_loadconfig(&cfg);
+}
+
+// C[32][16 * NC] = A[32][32 * kblocks] * B (pairs [16 * kblocks][16 * NC][2]); strides in bytes.
+template <int NC>
+REDKERN_AMX void amx_block(const bf16_t* a, int lda, const float* b, int ldb, int kblocks,
+                           float* c, int ldc) {
+  const char* ap = reinterpret_cast<const char*>(a);
+  const char* bp = reinterpret_cast<const char*>(b);
+  char* cp = reinterpret_cast<char*>(c);
+  _tile_zero(0);
+  _tile_zero(2);
+  if constexpr (NC == 2) {
+    _tile_zero(1);
+    _tile_zero(3);
+  }
+  for (int kb = 0; kb < kblocks; ++kb, ap += 64, bp += std::size_t(16) * ldb) {
+    _tile_loadd(4, ap, lda);
+    _tile_loadd(5, ap + std::size_t(16) * lda, lda);
+    _tile_loadd(6, bp, ldb);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(2, 5, 6);
+    if constexpr (NC == 2) {
+      _tile_loadd(7, bp + 64, ldb);
+      _tile_dpbf16ps(1, 4, 7);
+      _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, cp, ldc);
+  _tile_stored(2, cp + std::size_t(16) * ldc, ldc);
+  if constexpr (NC == 2) {
+    _tile_stored(1, cp + 64, ldc);
+    _tile_stored(3, cp + std::size_t(16) * ldc + 64, ldc);
+  }
+}
+
+struct AmxGemm {
+  using VT = bf16_t;
+  static constexpr int kRows = 32;
+  static int cin_stride(int cin) { return bf16_cin_stride(cin); }
+  REDKERN_AMX static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed,
+                                   int rows, float* mbuf) {
+    // The configuration is per thread and cheap next to a block's 36 GEMMs: set it here, so no
+    // other code on this thread runs with AMX state live.
+    amx_configure();
+    const int kblocks = g.cin_pad / 32, lda = g.cin_pad * 2, ldb = g.cout_pad * 4,
+              ldc = g.cout_pad * 4;
+    for (int pos = 0; pos < 36; ++pos) {
+      const bf16_t* v = vbuf + std::size_t(pos) * g.tb * g.cin_pad;
+      const float* u = packed + std::size_t(pos) * (g.cin_pad / 2) * g.cout_pad;
+      float* m = mbuf + std::size_t(pos) * g.tb * g.cout_pad;
+      for (int co = 0; co < g.cout_pad; co += 32) {
+        for (int r = 0; r < rows; r += 32) {
+          const bf16_t* ar = v + std::size_t(r) * g.cin_pad;
+          float* cr = m + std::size_t(r) * g.cout_pad + co;
+          if (g.cout_pad - co >= 32)
+            amx_block<2>(ar, lda, u + co, ldb, kblocks, cr, ldc);
+          else
+            amx_block<1>(ar, lda, u + co, ldb, kblocks, cr, ldc);
+        }
+      }
+    }
+    _tile_release();
+  }
+};
+
+}  // namespace
+
+void conv_winograd4_bf16dot(const ConvArgs& a) {
+  winograd::conv_winograd4<Avx512, bf16_t, DotGemm>(a);
+}
+
+void conv_winograd4_amx(const ConvArgs& a) { winograd::conv_winograd4<Avx512, bf16_t, AmxGemm>(a); }
+
+}  // namespace redkern::cpu
