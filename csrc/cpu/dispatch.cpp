@@ -106,7 +106,8 @@ bool bf16_dot_supported() {
 }
 
 bool amx_supported() {
-  static const bool granted = isa_supported(Isa::kAvx512) && request_amx();
+  // AVX512_BF16 too: every AMX CPU has it, and the AMX unit is compiled for it.
+  static const bool granted = bf16_dot_supported() && request_amx();
   return granted;
 }
 

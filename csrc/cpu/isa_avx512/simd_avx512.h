@@ -7,7 +7,12 @@
 
 namespace redkern::cpu {
 
-struct Avx512 {
+// The operations, on `Self`'s fp32 -> bf16 rounding (Self::narrow): Avx512 below rounds with
+// integer code; isa_avx512/winograd_bf16.cpp's vector type, compiled for AVX512_BF16, with
+// vcvtneps2bf16. A distinct Self gives every template on it its own instantiation
+// (kernel_util.h's linkage rule), so code built with AVX512_BF16 never stands in for these.
+template <class Self>
+struct Avx512Ops {
   static constexpr int kW = 16;
   using V = __m512;
   // Register blocking: 6 pixels (or tiles) x 4 vectors (64 channels) = 24 accumulators,
@@ -28,18 +33,10 @@ struct Avx512 {
   static V widen(__m256i h) {  // 16 bf16 -> 16 fp32 (exact)
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
-  static __m256i narrow(V a) {  // 16 fp32 -> 16 bf16, nearest even, NaN kept quiet
-    const __m512i u = _mm512_castps_si512(a);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
-    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-    return _mm512_cvtepi32_epi16(r);
-  }
   static V load(const bf16_t* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
   static V loadn(const bf16_t* p, int n) { return widen(_mm256_maskz_loadu_epi16(lanes_below(n), p)); }
-  static void store(bf16_t* p, V a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(a)); }
-  static void storen(bf16_t* p, V a, int n) { _mm256_mask_storeu_epi16(p, lanes_below(n), narrow(a)); }
+  static void store(bf16_t* p, V a) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), Self::narrow(a)); }
+  static void storen(bf16_t* p, V a, int n) { _mm256_mask_storeu_epi16(p, lanes_below(n), Self::narrow(a)); }
 
   static V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
   static V add(V a, V b) { return _mm512_add_ps(a, b); }
@@ -56,6 +53,17 @@ struct Avx512 {
   // a <= 0 ? slope * a : a (the ordered compare is false for NaN, which stays NaN).
   static V prelu(V a, V slope) {
     return _mm512_mask_mul_ps(a, _mm512_cmp_ps_mask(a, _mm512_setzero_ps(), _CMP_LE_OQ), a, slope);
+  }
+};
+
+struct Avx512 : Avx512Ops<Avx512> {
+  static __m256i narrow(V a) {  // 16 fp32 -> 16 bf16, nearest even, NaN kept quiet
+    const __m512i u = _mm512_castps_si512(a);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q);
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
   }
 };
 

@@ -10,8 +10,10 @@
 // odd per 32-bit word), cin_pairs = cin rounded up to 32, halved (pack.cpp): one layout for
 // both, so AMX's 32-deep K steps need no edge case; V's rows are padded alike, with zeros.
 //
-// Only the functions marked REDKERN_BF16DOT or REDKERN_AMX use those instructions; dispatch
-// calls them only on CPUs (and, for AMX, a kernel) that provide them.
+// This unit is compiled with AVX512_BF16 and AMX (CMakeLists.txt) and dispatch calls it only
+// on CPUs with AVX512_BF16 (and, for AMX, AMX-BF16 granted by the kernel). Its vector type is
+// its own (Avx512Bf16), so none of its template instances can be merged with the plain avx512
+// units' (kernel_util.h's linkage rule).
 #include <cstdint>
 #include <cstring>
 
@@ -19,21 +21,24 @@
 #include "cpu/isa_avx512/simd_avx512.h"
 #include "cpu/winograd.h"
 
-#define REDKERN_BF16DOT __attribute__((target("avx512bf16")))
-#define REDKERN_AMX __attribute__((target("amx-tile,amx-bf16")))
-
 namespace redkern::cpu {
 
 namespace {
 
-using Geo = winograd::Geometry<Avx512>;
+// AVX-512 with the bf16 rounding in one instruction (vcvtneps2bf16: nearest even, NaN stays
+// NaN; it reads and writes subnormals as zero, which bf16 activations never need).
+struct Avx512Bf16 : Avx512Ops<Avx512Bf16> {
+  static __m256i narrow(V a) { return (__m256i)_mm512_cvtneps_pbh(a); }
+};
+
+using Geo = winograd::Geometry<Avx512Bf16>;
 
 // V's row stride (bf16 elements) and U's pair count for `cin` input channels.
 int bf16_cin_stride(int cin) { return div_up(cin, 32) * 32; }
 
 // C[R][NV vectors] = A[R][2*pairs] (bf16) * B[pairs][NV vectors][2] (bf16 pairs).
 template <int R, int NV>
-REDKERN_BF16DOT void dot_block(const bf16_t* a, int lda, const float* b, int ldb, int pairs,
+void dot_block(const bf16_t* a, int lda, const float* b, int ldb, int pairs,
                                float* c, int ldc) {
   // Loops over R and NV are unrolled so `acc` stays in registers (see direct_block).
   __m512 acc[R][NV];
@@ -61,21 +66,21 @@ REDKERN_BF16DOT void dot_block(const bf16_t* a, int lda, const float* b, int ldb
 }
 
 template <int NV>
-REDKERN_BF16DOT void dot_block_nv(int nv, const bf16_t* a, int lda, const float* b, int ldb,
+void dot_block_nv(int nv, const bf16_t* a, int lda, const float* b, int ldb,
                                   int pairs, float* c, int ldc) {
   if constexpr (NV > 1) {
     if (nv < NV) return dot_block_nv<NV - 1>(nv, a, lda, b, ldb, pairs, c, ldc);
   }
-  dot_block<Avx512::kGemmRows, NV>(a, lda, b, ldb, pairs, c, ldc);
+  dot_block<Avx512Bf16::kGemmRows, NV>(a, lda, b, ldb, pairs, c, ldc);
 }
 
 struct DotGemm {
   using VT = bf16_t;
-  static constexpr int kRows = Avx512::kGemmRows;
+  static constexpr int kRows = Avx512Bf16::kGemmRows;
   static int cin_stride(int cin) { return bf16_cin_stride(cin); }
-  REDKERN_BF16DOT static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed,
+  static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed,
                                        int rows, float* mbuf) {
-    constexpr int R = Avx512::kGemmRows, NV = Avx512::kGemmVecs;
+    constexpr int R = Avx512Bf16::kGemmRows, NV = Avx512Bf16::kGemmVecs;
     const int pairs = div_up(g.cin, 2);  // V's pad channels past these are zeros, U's too
     for (int pos = 0; pos < 36; ++pos) {
       const bf16_t* v = vbuf + std::size_t(pos) * g.tb * g.cin_pad;
@@ -99,7 +104,7 @@ struct alignas(64) TileConfig {
   std::uint8_t rows[16];
 };
 
-REDKERN_AMX void amx_configure() {
+void amx_configure() {
   TileConfig cfg;
   std::memset(&cfg, 0, sizeof cfg);
   cfg.palette = 1;
@@ -109,7 +114,7 @@ REDKERN_AMX void amx_configure() {
 
 // C[32][16 * NC] = A[32][32 * kblocks] * B (pairs [16 * kblocks][16 * NC][2]); strides in bytes.
 template <int NC>
-REDKERN_AMX void amx_block(const bf16_t* a, int lda, const float* b, int ldb, int kblocks,
+void amx_block(const bf16_t* a, int lda, const float* b, int ldb, int kblocks,
                            float* c, int ldc) {
   const char* ap = reinterpret_cast<const char*>(a);
   const char* bp = reinterpret_cast<const char*>(b);
@@ -144,7 +149,7 @@ struct AmxGemm {
   using VT = bf16_t;
   static constexpr int kRows = 32;
   static int cin_stride(int cin) { return bf16_cin_stride(cin); }
-  REDKERN_AMX static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed,
+  static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed,
                                    int rows, float* mbuf) {
     // The configuration is per thread and cheap next to a block's 36 GEMMs: set it here, so no
     // other code on this thread runs with AMX state live.
@@ -173,9 +178,9 @@ struct AmxGemm {
 }  // namespace
 
 void conv_winograd4_bf16dot(const ConvArgs& a) {
-  winograd::conv_winograd4<Avx512, bf16_t, DotGemm>(a);
+  winograd::conv_winograd4<Avx512Bf16, bf16_t, DotGemm>(a);
 }
 
-void conv_winograd4_amx(const ConvArgs& a) { winograd::conv_winograd4<Avx512, bf16_t, AmxGemm>(a); }
+void conv_winograd4_amx(const ConvArgs& a) { winograd::conv_winograd4<Avx512Bf16, bf16_t, AmxGemm>(a); }
 
 }  // namespace redkern::cpu
