@@ -575,14 +575,19 @@ def _info(args) -> int:
     for name, status in redkern.backends().items():
         print(f"  {name:7} {'available' if status['available'] else 'unavailable':11} {status['detail']}")
         print(f"  {'':7} {'':11} backward: {status['backward']}")
+    bf16 = ""
     try:
         from . import _C
+        from .backends import cpu
 
         isa = _C.selected_isa()
-    except (ImportError, AttributeError) as e:
+        bf16 = f"; bf16 3x3 layers: {cpu.algorithm(64, 64, 3, 1, False, torch.bfloat16)}"
+        if _C.bf16_dot_supported():
+            bf16 += f" (vdpbf16ps measured at {_C.bf16_dot_speedup():.2f}x the FMA's multiply-adds)"
+    except (ImportError, AttributeError, ValueError) as e:
         isa = f"unknown ({e})"
     print(f"cpu: {platform.machine()}, {os.cpu_count()} logical cores, torch uses {torch.get_num_threads()} "
-          f"threads, torch capability {torch.backends.cpu.get_cpu_capability()}, redkern._C ISA {isa}")
+          f"threads, torch capability {torch.backends.cpu.get_cpu_capability()}, redkern._C ISA {isa}{bf16}")
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)

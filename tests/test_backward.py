@@ -315,13 +315,16 @@ def test_relu_masks_in_the_prologue_equal_masking_first(isa, dtype):
     mask = torch.randn(g.shape).to(dtype)
     mask[0, 3, 4, 5] = float("nan")
     masked = torch.ops.aten.threshold_backward(g, mask, 0)
+    winograds = [a for a in cpu.runnable_algorithms(24, 20, 3, 1, False, dtype, isa) if a in cpu.winograd_algorithms()]
+    assert A.winograd4x4 in winograds
     for transposed, w_shape in ((False, shape), (True, (shape[1], shape[0], 3, 3))):
         weight = torch.randn(w_shape)
-        want = cpu.conv2d(masked, weight, None, transposed=not transposed, padding=1, epilogue=ops.Epilogue(),
-                          isa=isa)
-        got = cpu.conv2d(g, weight, None, transposed=not transposed, padding=1, epilogue=ops.Epilogue(), isa=isa,
-                         x_mask=mask)
-        T.assert_close(got, want, 1e-6 if dtype == torch.float32 else 1e-2)
+        for algo in winograds:  # the fp32 GEMM and, on CPUs with them, the bf16 ones
+            want = cpu.conv2d(masked, weight, None, transposed=not transposed, padding=1, epilogue=ops.Epilogue(),
+                              isa=isa, algorithm=algo)
+            got = cpu.conv2d(g, weight, None, transposed=not transposed, padding=1, epilogue=ops.Epilogue(),
+                             isa=isa, algorithm=algo, x_mask=mask)
+            T.assert_close(got, want, 1e-6 if dtype == torch.float32 else 1e-2)
     want = _kernel(x, masked, shape, padding, False, A.winograd4x4, isa)
     got = cpu.conv2d_weight_grad(x, g, weight_shape=shape, transposed=False, padding=padding, grad_mask=mask,
                                  isa=isa)
@@ -329,7 +332,7 @@ def test_relu_masks_in_the_prologue_equal_masking_first(isa, dtype):
     direct = cpu.conv2d_weight_grad(x, g, weight_shape=shape, transposed=False, padding=padding, grad_mask=mask,
                                     algorithm=A.direct, isa=isa)  # no prologue: masked first, the same sums
     assert T.max_rel_error(direct[0], want[0]) <= 1e-5
-    with pytest.raises(ValueError, match="Winograd F\\(4x4,3x3\\) algorithm only"):
+    with pytest.raises(ValueError, match="Winograd F\\(4x4,3x3\\) algorithms only"):
         xh, mh = g.permute(0, 2, 3, 1).contiguous(), mask.permute(0, 2, 3, 1).contiguous()
         y = torch.empty(2, 13, 10, 20, dtype=dtype)
         packed = torch.zeros(_C.packed_weight_size(24, 20, 3, 3, A.direct))

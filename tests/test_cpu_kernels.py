@@ -576,3 +576,50 @@ def test_env_var_naming_an_unavailable_isa_is_an_error(value, message):
 def test_fma_peak_is_measured():
     for isa in ISAS:
         assert _C.measure_fma_peak_gflops(1, isa) > 0.1
+
+
+# --- the bf16 Winograd GEMM engines ---------------------------------------------------------------
+
+def test_bf16_winograd_gemm_choice_and_forcing(monkeypatch):
+    """The default engine follows the CPU (AMX, else vdpbf16ps where it outruns the FMAs, else
+    the fp32 GEMM); REDKERN_CPU_BF16_GEMM lowers it, and an engine this CPU lacks is an error,
+    never a silent substitute."""
+    bf16 = torch.bfloat16
+    monkeypatch.delenv(cpu.BF16_GEMM_ENV, raising=False)
+    best = ISAS[-1]
+    amx = best == "avx512" and _C.amx_supported()
+    dot = best == "avx512" and _C.bf16_dot_supported()
+    fast_dot = dot and _C.bf16_dot_speedup() >= cpu.BF16_DOT_MIN_SPEEDUP
+    want = A.winograd4x4_amx if amx else A.winograd4x4_bf16dot if fast_dot else A.winograd4x4
+    assert cpu.choose_algorithm(64, 64, 3, 1, False, bf16, best) == want
+    if dot:
+        assert 0.2 < _C.bf16_dot_speedup() < 4, "the probe measured nonsense"
+    else:
+        assert _C.bf16_dot_speedup() == 0
+    for engine, runnable, algo in (("fp32", True, A.winograd4x4), ("dot", dot, A.winograd4x4_bf16dot),
+                                   ("amx", amx, A.winograd4x4_amx)):
+        monkeypatch.setenv(cpu.BF16_GEMM_ENV, engine)
+        if runnable:
+            assert cpu.choose_algorithm(64, 64, 3, 1, False, bf16, best) == algo
+            assert cpu.choose_algorithm(64, 64, 3, 1, False, torch.float32, best) == A.winograd4x4
+        else:
+            with pytest.raises(ValueError, match=f"{cpu.BF16_GEMM_ENV}={engine} but the .* kernels on this CPU run only"):
+                cpu.choose_algorithm(64, 64, 3, 1, False, bf16, best)
+    if "avx2" in ISAS:
+        monkeypatch.setenv(cpu.BF16_GEMM_ENV, "amx")
+        with pytest.raises(ValueError, match="avx2 kernels on this CPU run only fp32"):
+            cpu.choose_algorithm(64, 64, 3, 1, False, bf16, "avx2")
+    monkeypatch.setenv(cpu.BF16_GEMM_ENV, "tiles")
+    with pytest.raises(ValueError, match="choose one of amx, dot, fp32"):
+        cpu.choose_algorithm(64, 64, 3, 1, False, bf16, best)
+
+
+def test_bf16_gemm_winograd_refuses_what_it_cannot_run():
+    case = T.layer_case(1, 32, 32, 8, 8, kernel=3, padding=1)  # fp32 activations
+    for algo in (A.winograd4x4_bf16dot, A.winograd4x4_amx):
+        with pytest.raises(ValueError, match="takes bf16 activations only|needs the avx512 kernels"):
+            cpu.conv2d(*case.tensors, **case.options, algorithm=algo)
+        bf16_case = T.layer_case(1, 32, 32, 8, 8, kernel=3, padding=1, dtype=torch.bfloat16)
+        if "avx2" in ISAS:
+            with pytest.raises(ValueError, match="needs the avx512 kernels on a CPU with"):
+                cpu.conv2d(*bf16_case.tensors, **bf16_case.options, algorithm=algo, isa="avx2")

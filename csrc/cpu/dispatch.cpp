@@ -111,6 +111,15 @@ bool amx_supported() {
   return granted;
 }
 
+double measured_bf16_dot_speedup() {
+#if defined(REDKERN_X86)
+  static const double speedup = bf16_dot_supported() ? bf16_dot_speedup() : 0.0;
+  return speedup;
+#else
+  return 0.0;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   const int i = int(isa);
   return i >= 0 && i <= int(Isa::kAvx512) ? kIsaNames[i] : "unknown";

@@ -55,6 +55,10 @@ REDKERN_ISA_ENTRY_POINTS(avx512)
 void conv_direct_bf16dot(const ConvArgs& a);     // isa_avx512/conv_bf16dot.cpp
 void conv_winograd4_bf16dot(const ConvArgs& a);  // isa_avx512/winograd_bf16.cpp
 void conv_winograd4_amx(const ConvArgs& a);      // isa_avx512/winograd_bf16.cpp
+// Multiply-adds per second of vdpbf16ps over fp32 FMAs on one thread of this CPU, measured
+// (about 5 ms): 2 where it runs at the FMA's instruction rate (as on AMD Zen 4), 1 or less
+// where it runs at half that (as on Intel cores). isa_avx512/winograd_bf16.cpp; AVX512_BF16 only.
+double bf16_dot_speedup();
 #endif
 
 }  // namespace redkern::cpu

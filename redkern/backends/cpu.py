@@ -13,7 +13,8 @@ Algorithm per layer (``choose_algorithm``), decided by the window and the channe
   transformed in fp64, transforms in fp32. The GEMMs of the 36 tile positions run in fp32,
   except with bf16 activations on the avx512 kernels: there the transformed input and weights
   are rounded to bf16 and multiplied on AMX tiles (CPUs with AMX-BF16) or with vdpbf16ps
-  (AVX512_BF16), accumulating in fp32 (``bf16_winograd_gemm`` names which).
+  (AVX512_BF16, where it outruns fp32 FMAs), accumulating in fp32 (``bf16_winograd_gemm`` names which;
+  ``REDKERN_CPU_BF16_GEMM=amx|dot|fp32`` forces one).
 - Direct convolution otherwise (other windows, and the 1- or 3-channel first and last
   layers, where a Winograd transform would cost more than the few multiplications it saves):
   - ``cout <= 3`` (the last layer): vectorised over input channels, since a vector of output
@@ -39,6 +40,8 @@ lists them).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -125,18 +128,44 @@ def winograd_algorithms():
     return (_C.Algorithm.winograd4x4, _C.Algorithm.winograd4x4_bf16dot, _C.Algorithm.winograd4x4_amx)
 
 
+BF16_GEMM_ENV = "REDKERN_CPU_BF16_GEMM"
+_BF16_GEMMS = ("amx", "dot", "fp32")
+BF16_DOT_MIN_SPEEDUP = 1.5  # vdpbf16ps over fp32 FMA multiply-add rate (_C.bf16_dot_speedup)
+
+
 def bf16_winograd_gemm(isa: str | None = None):
-    """The bf16 GEMM engine the Winograd layers of bf16 models use with the kernels of ``isa``
-    (default: the selected one): ``_C.Algorithm.winograd4x4_amx`` on CPUs with AMX-BF16,
-    ``winograd4x4_bf16dot`` on CPUs with AVX512_BF16, both with the avx512 kernels; else
-    ``None`` (the fp32 Winograd runs on the widened bf16 input)."""
-    if (isa or _C.selected_isa()) != "avx512":
+    """The GEMM engine of bf16 models' Winograd layers with the kernels of ``isa`` (default: the
+    selected one): ``_C.Algorithm.winograd4x4_amx`` on CPUs with AMX-BF16,
+    ``winograd4x4_bf16dot`` on CPUs with AVX512_BF16 where vdpbf16ps does at least
+    ``BF16_DOT_MIN_SPEEDUP`` times the FMA's multiply-adds per second (measured once,
+    ``_C.bf16_dot_speedup()``), both with the avx512 kernels; else ``None`` (the fp32 Winograd on
+    the widened bf16 input).
+
+    ``REDKERN_CPU_BF16_GEMM=amx|dot|fp32`` lowers the choice (to compare the engines on one CPU);
+    an unknown value, or an engine this CPU or ``isa`` cannot run, raises ``ValueError``: a forced
+    engine is never silently replaced."""
+    isa = isa or _C.selected_isa()
+    runnable = {"fp32": None}
+    if isa == "avx512" and _C.bf16_dot_supported():
+        runnable["dot"] = _C.Algorithm.winograd4x4_bf16dot
+    if isa == "avx512" and _C.amx_supported():
+        runnable["amx"] = _C.Algorithm.winograd4x4_amx
+    forced = os.environ.get(BF16_GEMM_ENV, "")
+    if not forced:
+        if "amx" in runnable:
+            return runnable["amx"]
+        # The dot engine rounds V and U to bf16 to halve the GEMM's instructions; that pays
+        # only where vdpbf16ps runs at the FMA's instruction rate (AMD Zen 4/5). On Intel cores
+        # it runs at half that rate and the fp32 GEMM is faster.
+        if "dot" in runnable and _C.bf16_dot_speedup() >= BF16_DOT_MIN_SPEEDUP:
+            return runnable["dot"]
         return None
-    if _C.amx_supported():
-        return _C.Algorithm.winograd4x4_amx
-    if _C.bf16_dot_supported():
-        return _C.Algorithm.winograd4x4_bf16dot
-    return None
+    if forced not in _BF16_GEMMS:
+        raise ValueError(f"{BF16_GEMM_ENV}={forced!r}: choose one of {', '.join(_BF16_GEMMS)}")
+    if forced not in runnable:
+        raise ValueError(f"{BF16_GEMM_ENV}={forced} but the {isa} kernels on this CPU run only "
+                         f"{', '.join(runnable)}")
+    return runnable[forced]
 
 
 def runnable_algorithms(cin: int, cout: int, kernel, padding, transposed: bool,
