@@ -13,7 +13,9 @@ installed are listed with the reason.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import os
 import platform
 import statistics
 import sys
@@ -45,8 +47,12 @@ def measure(size: int, repeats: int, features: int, compile_: bool, slow_limit: 
 
     runners = [B.Peer("redkern fp32", fused)]
     bf16_ok = torch.bfloat16 in cpu_backend.DTYPES
-    runners.append(B.Peer("redkern bf16", (lambda t: fused_bf16(t.bfloat16())) if bf16_ok else None,
+    engine = cpu_backend.algorithm(features, features, 3, 1, False, torch.bfloat16) if bf16_ok else ""
+    runners.append(B.Peer(f"redkern bf16 ({engine})", (lambda t: fused_bf16(t.bfloat16())) if bf16_ok else None,
                           "" if bf16_ok else "the CPU kernels were built without bf16"))
+    for other in _other_bf16_engines() if bf16_ok else []:  # the engines the default passed over
+        runners.append(B.Peer(f"redkern bf16, {cpu_backend.BF16_GEMM_ENV}={other}",
+                              lambda t, other=other: _with_engine(other, fused_bf16, t.bfloat16())))
     runners += B.torch_peers(model, x, compile_=compile_)
     cl_bf16 = redkern.RED30(features=features).eval()
     cl_bf16.load_state_dict(model.state_dict())
@@ -89,7 +95,53 @@ def measure(size: int, repeats: int, features: int, compile_: bool, slow_limit: 
     base = next(r["seconds"] for r in rows if r["name"] == "redkern fp32")
     for r in rows:
         r["ratio"] = r["seconds"] / base
+    notes += _precision_ratios(rows, size)
     return rows, notes
+
+
+def _precision_ratios(rows: list[dict], size: int) -> list[str]:
+    """OpenVINO over redkern at the same precision (its bf16 runs where the CPU has bf16)."""
+    seconds = lambda prefix: next((r["seconds"] for r in rows if r["name"].startswith(prefix)), None)  # noqa: E731
+    ours = {"f32": seconds("redkern fp32"), "bf16": seconds("redkern bf16 (")}
+    out = []
+    for prec, mine in ours.items():
+        peer = next((r["seconds"] for r in rows if r["name"].startswith("OpenVINO") and f"({prec})" in r["name"]), None)
+        if peer is not None and mine is not None:
+            out.append(f"{size}x{size}: OpenVINO {prec} / redkern {prec} = {peer / mine:.2f}x")
+    return out
+
+
+def _other_bf16_engines() -> list[str]:
+    """The bf16 Winograd GEMM engines this CPU runs besides the default one."""
+    default = cpu_backend.bf16_winograd_gemm()
+    out = []
+    for engine in ("amx", "dot", "fp32"):
+        with _engine_env(engine):
+            try:
+                algo = cpu_backend.bf16_winograd_gemm()
+            except ValueError:  # not on this CPU
+                continue
+        if algo != default:
+            out.append(engine)
+    return out
+
+
+@contextlib.contextmanager
+def _engine_env(engine: str):
+    old = os.environ.get(cpu_backend.BF16_GEMM_ENV)
+    os.environ[cpu_backend.BF16_GEMM_ENV] = engine
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[cpu_backend.BF16_GEMM_ENV]
+        else:
+            os.environ[cpu_backend.BF16_GEMM_ENV] = old
+
+
+def _with_engine(engine: str, model, x):
+    with _engine_env(engine):
+        return model(x)
 
 
 def table(rows: list[dict]) -> str:
@@ -118,6 +170,9 @@ def main(argv=None) -> int:
     header = [f"RED30-{args.features}, 1 channel, batch 1, {torch.get_num_threads()} threads, "
               f"{B.cpu_model_name()}, CPU kernel ISA {_C.selected_isa()}, torch {torch.__version__}, "
               f"{datetime.date.today()}",
+              f"bf16 on this CPU: AVX512_BF16 {'yes' if _C.bf16_dot_supported() else 'no'}"
+              + (f" (vdpbf16ps at {_C.bf16_dot_speedup():.2f}x the FMA's multiply-adds)" if _C.bf16_dot_supported() else "")
+              + f", AMX-BF16 {'yes' if _C.amx_supported() else 'no'}",
               f"Measured fp32 FMA peak: {peak:.0f} GFLOP/s" if peak else "fp32 FMA peak: not measured",
               f"FLOPs counted as direct convolution: {B.model_flops(redkern.RED30(features=args.features), 1, 1, 1) / 1e6:.2f} MFLOP per pixel"]
     all_rows, all_notes, too_slow = [], [], {}
