@@ -126,8 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--weights", metavar="FILE", help="a RED-Net state_dict (torch.save), or with --model NAME "
                    "a checkpoint of that network in redkern's, KAIR's or BasicSR's layout; "
                    "without it the weights are random (a demo of speed, not of restoration)")
-    m.add_argument("--task", choices=["denoise", "sr", "jpeg"], help="use the shipped RED30 weights for "
-                   "this task (redkern.pretrained); sr takes the image already bicubic-enlarged")
+    m.add_argument("--task", choices=["denoise", "sr", "jpeg", "deblur", "inpaint"], help="use the shipped RED30 "
+                   "weights for this task (redkern.pretrained); sr takes the image already bicubic-enlarged; "
+                   "deblur and inpaint ship no weights yet (redkern train makes them; pass --weights)")
     m.add_argument("--channels", type=_positive, help="model channels: 1 (grayscale, or the Y of colour "
                    "images) or 3 (RGB) (default: from --weights, else 1; zoo models: their own default)")
     m.add_argument("--features", type=_positive, help="feature maps per layer (default: from --weights, else 64; "
@@ -159,6 +160,8 @@ def _parser() -> argparse.ArgumentParser:
                     "(checked against the trained 2-4)")
     lv.add_argument("--quality", type=int, help="with --task jpeg: the input's JPEG quality (checked against "
                     "the trained 10-40)")
+    lv.add_argument("--blur", type=float, help="with --task deblur: the input's Gaussian blur sigma in pixels "
+                    "(checked against the trained 1-3; redkern eval calls it --level)")
     restore.add_argument("output", metavar="OUTPUT", help="where the restored image goes (written when "
                          "complete; the format follows the suffix)")
     restore.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it is a file or a zarr "
@@ -202,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # --- the model ----------------------------------------------------------------------------
 
-LEVEL_OPTIONS = {"sigma": "denoise", "scale": "sr", "quality": "jpeg"}
+LEVEL_OPTIONS = {"sigma": "denoise", "scale": "sr", "quality": "jpeg", "blur": "deblur"}
 
 
 def _check_levels(args) -> None:
@@ -264,7 +267,10 @@ def _build_model(args):
 
         if args.weights:
             raise UsageError("--task loads the shipped weights; give --task or --weights, not both")
-        args.weights = str(pretrained.path(args.task))
+        try:
+            args.weights = str(pretrained.path(args.task))
+        except pretrained.NotShipped as e:
+            raise UsageError(str(e)) from None
     if args.weights:
         try:
             found = read(args.weights)

@@ -73,17 +73,23 @@ def to_tensor(pixels: np.ndarray) -> torch.Tensor:
     return t.float() / 255 if t.dtype == torch.uint8 else t.float()
 
 
-def validation_pairs(images, task: str, level, seed: int = 0):
+def validation_pairs(images, task: str, level, seed: int = 0, *, noise=None, masks: bool = False):
     """``[(name, degraded [1, C, H, W], clean [1, C, H, W])]``: each image degraded once at
-    ``level`` with ``default_rng([seed, index])`` (the pairs ``redkern eval`` uses too)."""
-    from .degradations import modcrop
+    ``level`` with ``default_rng([seed, index])`` (the pairs ``redkern eval`` uses too).
 
-    degradation = Degradation(task, [level])
+    ``noise``: deblur's noise sigma (a number, or a ``"lo-hi"`` range drawn per image; default
+    ``degradations.DEBLUR_VAL_NOISE``). ``masks=True`` adds a fourth item, inpaint's text mask
+    (bool ``[1, 1, H, W]``; None for the other tasks), for the peers that are given it."""
+    from .degradations import DEBLUR_VAL_NOISE, modcrop
+
+    if task == "deblur" and noise is None:
+        noise = DEBLUR_VAL_NOISE
+    degradation = Degradation(task, [level], noise=noise)
     pairs = []
     for i, (name, pixels) in enumerate(images):
         clean = to_tensor(pixels)[None]
         if task == "sr":
             clean = modcrop(clean, int(level))
-        degraded = degradation.apply(clean, level, np.random.default_rng([seed, i]))
-        pairs.append((name, degraded, clean))
+        degraded, mask = degradation.degrade(clean, level, np.random.default_rng([seed, i]))
+        pairs.append((name, degraded, clean, mask) if masks else (name, degraded, clean))
     return pairs

@@ -16,6 +16,10 @@ sr         bicubic x2, x3, x4 (one model)         the image already bicubic-enla
 jpeg       Pillow JPEG, quality 10..40 (blind)    the decoded JPEG
 =========  =====================================  ======================================
 
+No weights ship yet for the paper's two other tasks, ``deblur`` and ``inpaint``
+(``redkern.degradations`` defines them): ``path``/``load`` name the ``redkern train`` command
+that makes them (``NotShipped``), and ``load`` takes the resulting file.
+
 All three are 1-channel (grayscale, or the Y of YCbCr: ``redkern restore`` restores the
 luminance of colour images and keeps their chroma, as the paper did). The weights are
 stored in float16 (``redkern/weights/red30_TASK.pt``) with their configuration, and load
@@ -37,11 +41,22 @@ import torch
 
 from .weights import WEIGHTS_FORMAT
 
-__all__ = ["load", "info", "available", "path", "check_level", "level_note", "level_problem", "upscale_input", "export",
+__all__ = ["load", "info", "available", "path", "NotShipped", "train_command", "check_level", "level_note", "level_problem", "upscale_input", "export",
            "WEIGHTS_FORMAT", "WEIGHTS_DIR"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FILES = {"denoise": "red30_denoise.pt", "sr": "red30_sr.pt", "jpeg": "red30_jpeg.pt"}
+
+
+class NotShipped(ValueError):
+    """A task redkern can train and evaluate but ships no weights for (yet)."""
+
+
+def train_command(task: str) -> str:
+    """The command that trains weights for ``task`` (the shipped models' architecture)."""
+    from .degradations import DEFAULT_LEVELS
+
+    return f"redkern train --task {task} --levels {DEFAULT_LEVELS[task]} --data FOLDER --out {task}.pt"
 
 
 def available() -> list[str]:
@@ -51,6 +66,11 @@ def available() -> list[str]:
 
 def path(task: str) -> Path:
     """The shipped weights file for ``task``."""
+    from .degradations import TASKS
+
+    if task in TASKS and task not in FILES:
+        raise NotShipped(f"no weights ship for --task {task} yet (shipped: {', '.join(FILES)}); train them with "
+                         f"`{train_command(task)}` and pass --weights {task}.pt")
     if task not in FILES:
         raise ValueError(f"no pretrained weights for task {task!r}; choose one of {tuple(FILES)}")
     p = WEIGHTS_DIR / FILES[task]
@@ -97,7 +117,8 @@ def load(task_or_file, *, fused: bool = False, backend: str = "auto", device="cp
 
 # What a level can mean at all, whatever a model was trained on (0-255 noise, integer
 # enlargements, JPEG's quality scale).
-LEVEL_LIMITS = {"denoise": ("sigma", 0.0, 255.0, float), "sr": ("scale", 2, 16, int), "jpeg": ("quality", 1, 100, int)}
+LEVEL_LIMITS = {"denoise": ("sigma", 0.0, 255.0, float), "sr": ("scale", 2, 16, int), "jpeg": ("quality", 1, 100, int),
+                "deblur": ("blur sigma", 0.1, 10.0, float), "inpaint": ("text coverage", 0.0, 90.0, float)}
 
 
 def level_problem(task: str, level) -> str | None:

@@ -52,14 +52,14 @@ import torch
 import torch.nn.functional as F
 
 from .datasets import load_images, split_folders, to_tensor, validation_pairs
-from .degradations import DEFAULT_LEVELS, TASKS, Degradation, dihedral
+from .degradations import DEBLUR_NOISE, DEFAULT_LEVELS, TASKS, Degradation, dihedral
 from .evaluation import psnr
 from .progress import progress_bar
 from .weights import CHECKPOINT_FORMAT, load_checkpoint, save_atomic
 
 __all__ = ["TrainConfig", "train", "PatchStream", "build_model", "lr_at", "add_arguments", "main"]
 
-HEADLINE_LEVEL = {"denoise": 25, "sr": 2, "jpeg": 10}  # the level validation reports by default
+HEADLINE_LEVEL = {"denoise": 25, "sr": 2, "jpeg": 10, "deblur": 2, "inpaint": 10}  # what validation reports by default
 
 
 @dataclass
@@ -67,7 +67,8 @@ class TrainConfig:
     """Everything a run depends on; stored in every checkpoint."""
 
     task: str = "denoise"
-    levels: str | None = None         # None: DEFAULT_LEVELS[task] (0-50, 2,3,4, 10-40)
+    levels: str | None = None         # None: DEFAULT_LEVELS[task] (0-50, 2,3,4, 10-40, 1-3, 5-20)
+    noise: str | None = None          # deblur only: training noise sigma (None: degradations.DEBLUR_NOISE)
     data: str = ""                    # folder of clean images (or one with train/ and val/)
     val_data: str | None = None       # validation folder (default: data/val if it exists)
     out: str = "redkern-run.pt"       # checkpoint file; an existing one is resumed
@@ -100,6 +101,10 @@ class TrainConfig:
             raise ValueError(f"unknown task {c.task!r}; choose one of {TASKS}")
         if c.levels is None:
             c.levels = DEFAULT_LEVELS[c.task]
+        if c.task == "deblur" and c.noise is None:
+            c.noise = DEBLUR_NOISE
+        if c.task != "deblur" and c.noise is not None:
+            raise ValueError(f"noise is the noise added after deblur's blur; it means nothing for task {c.task}")
         if c.val_level is None:
             c.val_level = HEADLINE_LEVEL[c.task]
         for name in ("depth", "features", "channels", "patch", "batch", "steps"):
@@ -111,7 +116,7 @@ class TrainConfig:
             raise ValueError(f"amp must be 'none' or 'bf16', got {c.amp!r}")
         if c.model not in ("auto", "reference", "fused"):
             raise ValueError(f"model must be 'auto', 'reference' or 'fused', got {c.model!r}")
-        Degradation(c.task, c.levels)  # validates the levels
+        Degradation(c.task, c.levels, noise=c.noise)  # validates the levels
         return c
 
 
@@ -259,8 +264,8 @@ def train(cfg: TrainConfig) -> dict:
                              f"({saved.channels} channel(s)) run; pass another --out to start a new one")
         # the schedule and the data stream must stay those of the run being resumed
         cfg = dataclasses.replace(cfg, steps=saved.steps, seed=saved.seed, lr=saved.lr, warmup=saved.warmup,
-                                  schedule=saved.schedule, levels=saved.levels, patch=saved.patch,
-                                  batch=saved.batch)
+                                  schedule=saved.schedule, levels=saved.levels, noise=saved.noise,
+                                  patch=saved.patch, batch=saved.batch)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
@@ -282,7 +287,7 @@ def train(cfg: TrainConfig) -> dict:
         _log(f"resuming {out} at step {step}/{cfg.steps}")
 
     train_dir, val_dir = split_folders(cfg.data, cfg.val_data)
-    degradation = Degradation(cfg.task, cfg.levels)
+    degradation = Degradation(cfg.task, cfg.levels, noise=cfg.noise)
     images = [px for _, px in load_images(train_dir, cfg.channels)]
     pairs = validation_pairs(load_images(val_dir, cfg.channels), cfg.task, cfg.val_level, cfg.seed) if val_dir else []
     stream = PatchStream(images, degradation, cfg.patch, cfg.batch, cfg.seed, start=step)
@@ -436,7 +441,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     d = TrainConfig()
     parser.add_argument("--task", required=True, choices=TASKS, help="what to learn to undo")
     parser.add_argument("--levels", help="training levels: sigma '25' or '0-50' (default 0-50), "
-                        "scales '2,3,4' (default), JPEG qualities '10-40' (default)")
+                        "scales '2,3,4' (default), JPEG qualities '10-40' (default), deblur's blur sigma "
+                        "'1-3' (default), inpaint's text coverage in percent '5-20' (default)")
+    parser.add_argument("--noise", help="deblur only: the noise sigma (0..255) added after the blur, "
+                        "'0-2' (default) or one value")
     parser.add_argument("--data", required=True, help="folder of clean images, or one holding train/ and val/")
     parser.add_argument("--val-data", help="validation images (default: DATA/val when it exists)")
     parser.add_argument("--out", required=True, help="checkpoint file; an existing one is resumed")
@@ -456,7 +464,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--amp", choices=["none", "bf16"], default=d.amp, help="bfloat16 autocast")
     parser.add_argument("--workers", type=int, default=d.workers, help="data loader processes")
     parser.add_argument("--val-every", type=int, default=d.val_every)
-    parser.add_argument("--val-level", type=float, help="level validated (default: 25, x2, quality 10)")
+    parser.add_argument("--val-level", type=float, help="level validated (default: sigma 25, x2, quality 10, "
+                        "blur sigma 2 with noise 1, text 10%%)")
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
     parser.add_argument("--ckpt-seconds", type=float, default=d.ckpt_seconds)
     parser.add_argument("--time-budget", type=float, help="seconds: measure the speed, fit --steps to it")
