@@ -80,3 +80,37 @@ WGRAD_CHUNK_ALIGN = 128
 WGRAD_MIN_CHUNK_PIXELS = 2048
 WGRAD_PROGRAMS_PER_SM = 2
 WGRAD_MAX_CHUNKS = 256
+
+
+# --- two 3x3 layers in one kernel (kernels/conv2d_pair.py) ---------------------------------------
+#
+# A program computes the first layer on a ``grid_h x grid_w`` grid of pixels (both powers of
+# two), kept on chip, and the second layer on the grid's interior, ``(grid_h - 2) x (grid_w - 2)``
+# output pixels: the ring is the second layer's 1-pixel halo, recomputed by each neighbouring
+# program. The first layer reduces ``block_k`` rows per step as ``Tile`` does (fitted the same
+# way, ``conv2d.fit_tile``); the second reduces over all mid channels per tap. Not yet measured
+# on a GPU: grids of 128-512 pixels (the interior does 47%-82% of the grid's work), the
+# mid tile's ``grid x channels`` fp32 values at most PAIR_MAX_TILE_ELEMENTS per program.
+class PairTile(NamedTuple):
+    grid_h: int
+    grid_w: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+
+
+PAIR_GPU_TILES: tuple[PairTile, ...] = (
+    PairTile(16, 16, 64, 8, 2),
+    PairTile(16, 16, 64, 4, 2),
+    PairTile(8, 32, 64, 8, 2),
+    PairTile(16, 32, 64, 8, 2),
+    PairTile(8, 16, 64, 4, 2),
+)
+
+# Under the interpreter: one grid shape, small enough that the tests' images span several.
+PAIR_INTERPRETER_TILE = PairTile(8, 16, 64, 4, 1)
+
+# Layers wider than this are not paired (their mid tile would not stay on chip), and grids
+# whose mid tile exceeds PAIR_MAX_TILE_ELEMENTS values are dropped before tuning.
+PAIR_MAX_CHANNELS = 128
+PAIR_MAX_TILE_ELEMENTS = 256 * 128

@@ -92,34 +92,19 @@ def _activation(v, ACT: tl.constexpr, slope_ptr, offs_n, n_ok):
     return v
 
 
-# Image sizes vary (and M_BUCKET, the autotuner's key for them, is not read): never compile
-# per size, nor per size's divisibility.
-@triton.jit(do_not_specialize=["alpha", "beta", "M", "H", "W", "OH", "OW", "M_BUCKET"])
-def _conv2d_nhwc_kernel(
-    x_ptr, w_ptr, bias_ptr, extra_ptr, slope_ptr, slope2_ptr, out_ptr,
-    alpha, beta,
-    M, H, W, OH, OW, M_BUCKET,
-    CIN: tl.constexpr, COUT: tl.constexpr,
-    KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-    ACT: tl.constexpr, RESIDUAL: tl.constexpr, ACT2: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr, WIDE_INDEX: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TAPS_PER_STEP: tl.constexpr,
-):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixel, flattened over N*OH*OW
-    if WIDE_INDEX:  # element offsets (pixel * channels) may pass 2**31
-        offs_m = offs_m.to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel
-    offs_k = tl.arange(0, BLOCK_K)                    # reduction row within a step
-    m_ok = offs_m < M
-    n_ok = offs_n < COUT
-    img = offs_m // (OH * OW)
-    ohw = offs_m % (OH * OW)
-    ih0 = ohw // OW - PH  # input row and column under the window's tap (0, 0); may be outside
-    iw0 = ohw % OW - PW
-    base = (img * H + ih0) * W + iw0  # that pixel's index in x (pixels of N*H*W)
+@triton.jit
+def conv_sum(x_ptr, w_ptr, base, ih0, iw0, m_ok, H, W, offs_n, n_ok,
+             CIN: tl.constexpr, COUT: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+             INPUT_PRECISION: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TAPS_PER_STEP: tl.constexpr):
+    """The fp32 sum ``[BLOCK_M, BLOCK_N]`` of one stride-1 convolution for ``BLOCK_M`` output
+    pixels (rows; ``m_ok`` those that exist) and the output channels ``offs_n`` (``n_ok``).
 
+    Row ``m``'s window tap (0, 0) lies over input row ``ih0[m]``, column ``iw0[m]`` (may be
+    outside the image: masked to zero, the padding), pixel ``base[m]`` of x's N*H*W pixels.
+    ``w_ptr``: ``pack_weight``'s ``[KH*KW*CIN, COUT]``. The reduction runs as the module
+    docstring says (``TAPS_PER_STEP``)."""
+    offs_k = tl.arange(0, BLOCK_K)  # reduction row within a step
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if TAPS_PER_STEP == 1:
         K_STEPS: tl.constexpr = (CIN + BLOCK_K - 1) // BLOCK_K
@@ -163,17 +148,57 @@ def _conv2d_nhwc_kernel(
             a = tl.load(a_ptrs, mask=inside, other=0.0)
             b = tl.load(b_ptrs, mask=k_ok[:, None] & n_ok[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+    return acc
 
+
+@triton.jit
+def epilogue(acc, alpha, beta, bias_ptr, extra_ptr, slope_ptr, slope2_ptr, offs_n, n_ok, out_offs, out_mask,
+             ACT: tl.constexpr, RESIDUAL: tl.constexpr, ACT2: tl.constexpr):
+    """``redkern.epilogue``'s epilogue on the fp32 sum ``acc`` (see the module docstring);
+    ``extra`` is read at ``out_offs`` where ``out_mask``."""
     bias = tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)
     v = acc * alpha + bias[None, :]
-    out_offs = offs_m[:, None] * COUT + offs_n[None, :]
-    out_mask = m_ok[:, None] & n_ok[None, :]
     if RESIDUAL == _BEFORE_ACT:
         v += beta * tl.load(extra_ptr + out_offs, mask=out_mask, other=0.0).to(tl.float32)
     v = _activation(v, ACT, slope_ptr, offs_n, n_ok)
     if RESIDUAL == _AFTER_ACT:
         v += beta * tl.load(extra_ptr + out_offs, mask=out_mask, other=0.0).to(tl.float32)
         v = _activation(v, ACT2, slope2_ptr, offs_n, n_ok)
+    return v
+
+
+# Image sizes vary (and M_BUCKET, the autotuner's key for them, is not read): never compile
+# per size, nor per size's divisibility.
+@triton.jit(do_not_specialize=["alpha", "beta", "M", "H", "W", "OH", "OW", "M_BUCKET"])
+def _conv2d_nhwc_kernel(
+    x_ptr, w_ptr, bias_ptr, extra_ptr, slope_ptr, slope2_ptr, out_ptr,
+    alpha, beta,
+    M, H, W, OH, OW, M_BUCKET,
+    CIN: tl.constexpr, COUT: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
+    ACT: tl.constexpr, RESIDUAL: tl.constexpr, ACT2: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr, WIDE_INDEX: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, TAPS_PER_STEP: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output pixel, flattened over N*OH*OW
+    if WIDE_INDEX:  # element offsets (pixel * channels) may pass 2**31
+        offs_m = offs_m.to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # output channel
+    m_ok = offs_m < M
+    n_ok = offs_n < COUT
+    img = offs_m // (OH * OW)
+    ohw = offs_m % (OH * OW)
+    ih0 = ohw // OW - PH  # input row and column under the window's tap (0, 0); may be outside
+    iw0 = ohw % OW - PW
+    base = (img * H + ih0) * W + iw0  # that pixel's index in x (pixels of N*H*W)
+    acc = conv_sum(x_ptr, w_ptr, base, ih0, iw0, m_ok, H, W, offs_n, n_ok, CIN, COUT, KH, KW,
+                   INPUT_PRECISION, BLOCK_M, BLOCK_N, BLOCK_K, TAPS_PER_STEP)
+    out_offs = offs_m[:, None] * COUT + offs_n[None, :]
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    v = epilogue(acc, alpha, beta, bias_ptr, extra_ptr, slope_ptr, slope2_ptr, offs_n, n_ok, out_offs, out_mask,
+                 ACT, RESIDUAL, ACT2)
     tl.store(out_ptr + out_offs, v.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -306,38 +331,17 @@ def conv2d_nhwc(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor,
     if n < 1 or cin < 1 or cout < 1 or oh < 1 or ow < 1:
         raise ValueError(f"a {kh}x{kw} kernel with padding {(ph, pw)} over x {tuple(x.shape)} and "
                          f"{cout} output channels leaves an empty output [{n}, {cout}, {oh}, {ow}]")
-    if tuple(bias.shape) != (cout,) or not bias.is_contiguous() or bias.dtype not in (torch.float32, x.dtype):
-        raise ValueError(f"bias must be a contiguous ({cout},) tensor of float32 or x's dtype, "
-                         f"got {tuple(bias.shape)} {bias.dtype}")
-    if (extra is None) == epilogue.needs_extra:
-        raise ValueError(f"the epilogue {epilogue.formula()} "
-                         f"{'needs an' if epilogue.needs_extra else 'takes no'} extra tensor")
     shape = (n, cout, oh, ow)
-    for name, t in (("extra", extra), ("out", out)):
-        if t is not None and (tuple(t.shape) != shape or not is_channels_last(t)):
-            raise ValueError(f"{name} must be a dense NHWC [N, Cout, OH, OW] = {list(shape)} tensor, "
-                             f"got shape {tuple(t.shape)} strides {t.stride()}")
-    for name, t in (("w_packed", w_packed), ("extra", extra), ("out", out)):
+    if out is not None and (tuple(out.shape) != shape or not is_channels_last(out)):
+        raise ValueError(f"out must be a dense NHWC [N, Cout, OH, OW] = {list(shape)} tensor, "
+                         f"got shape {tuple(out.shape)} strides {out.stride()}")
+    for name, t in (("w_packed", w_packed), ("out", out)):
         if t is not None and (t.dtype != x.dtype or t.device != x.device):
             raise ValueError(f"{name} is {t.dtype} on {t.device}; x is {x.dtype} on {x.device}")
-    if bias.device != x.device:
-        raise ValueError(f"bias is on {bias.device}; x is on {x.device}")
-    slope_args = []
-    for name, act, s in (("slopes", epilogue.act, slopes), ("slopes2", epilogue.act2, slopes2)):
-        if act not in _SLOPED:
-            slope_args.append(None)  # not read
-            continue
-        if s is None:
-            raise ValueError(f"{name}: the epilogue's {Act(act).name} needs a float32 [{cout}] slope array "
-                             "(redkern.epilogue.kernel_slopes)")
-        if (tuple(s.shape) != (cout,) or s.dtype != torch.float32 or not s.is_contiguous()
-                or s.device != x.device):
-            raise ValueError(f"{name} must be a contiguous float32 ({cout},) tensor on {x.device}, "
-                             f"got {tuple(s.shape)} {s.dtype} on {s.device}")
-        slope_args.append(s)
+    slope_args = check_epilogue_args(x, shape, bias, extra, epilogue, slopes, slopes2)
     if out is None:
         out = torch.empty((n, oh, ow, cout), dtype=x.dtype, device=x.device).permute(0, 3, 1, 2)
-    elif any(_overlaps(out, t) for t in (x, extra) if t is not None):
+    elif any(overlaps(out, t) for t in (x, extra) if t is not None):
         raise ValueError("out must not overlap x or extra")
 
     m = n * oh * ow
@@ -367,7 +371,45 @@ def conv2d_nhwc(x: torch.Tensor, w_packed: torch.Tensor, bias: torch.Tensor,
     return out
 
 
-def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+def check_epilogue_args(x: torch.Tensor, shape, bias: torch.Tensor, extra: torch.Tensor | None,
+                        epilogue: Epilogue, slopes: torch.Tensor | None, slopes2: torch.Tensor | None,
+                        layer: str = "") -> list:
+    """Check what one layer's epilogue reads (``conv2d_nhwc``'s ``bias``, ``extra``, ``slopes``,
+    ``slopes2``) for an output of ``shape`` ``[N, Cout, OH, OW]`` from ``x``; returns the slope
+    arguments the kernel takes (``None`` where not read). ``layer`` prefixes the messages (which
+    layer of a multi-layer kernel). Raises ``ValueError`` naming the argument."""
+    cout = shape[1]
+    if tuple(bias.shape) != (cout,) or not bias.is_contiguous() or bias.dtype not in (torch.float32, x.dtype):
+        raise ValueError(f"{layer}bias must be a contiguous ({cout},) tensor of float32 or x's dtype, "
+                         f"got {tuple(bias.shape)} {bias.dtype}")
+    if bias.device != x.device:
+        raise ValueError(f"{layer}bias is on {bias.device}; x is on {x.device}")
+    if (extra is None) == epilogue.needs_extra:
+        raise ValueError(f"{layer}the epilogue {epilogue.formula()} "
+                         f"{'needs an' if epilogue.needs_extra else 'takes no'} extra tensor")
+    if extra is not None:
+        if tuple(extra.shape) != tuple(shape) or not is_channels_last(extra):
+            raise ValueError(f"{layer}extra must be a dense NHWC [N, Cout, OH, OW] = {list(shape)} tensor, "
+                             f"got shape {tuple(extra.shape)} strides {extra.stride()}")
+        if extra.dtype != x.dtype or extra.device != x.device:
+            raise ValueError(f"{layer}extra is {extra.dtype} on {extra.device}; x is {x.dtype} on {x.device}")
+    slope_args = []
+    for name, act, s in (("slopes", epilogue.act, slopes), ("slopes2", epilogue.act2, slopes2)):
+        if act not in _SLOPED:
+            slope_args.append(None)  # not read
+            continue
+        if s is None:
+            raise ValueError(f"{layer}{name}: the epilogue's {Act(act).name} needs a float32 [{cout}] slope array "
+                             "(redkern.epilogue.kernel_slopes)")
+        if (tuple(s.shape) != (cout,) or s.dtype != torch.float32 or not s.is_contiguous()
+                or s.device != x.device):
+            raise ValueError(f"{layer}{name} must be a contiguous float32 ({cout},) tensor on {x.device}, "
+                             f"got {tuple(s.shape)} {s.dtype} on {s.device}")
+        slope_args.append(s)
+    return slope_args
+
+
+def overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.device != b.device:
         return False
     a0, b0 = a.data_ptr(), b.data_ptr()

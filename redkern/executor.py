@@ -23,6 +23,8 @@ raises ``BackendUnavailable`` naming the layer.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import threading
 
 import torch
@@ -36,7 +38,7 @@ from .layer_plan import ConvStep, Plan, TorchStep, substitute
 from .ops import fused_conv
 from .validation import WorkingSetTooLarge
 
-__all__ = ["run", "needs_ops", "BufferPool", "LayerBackends", "as_module", "MODES"]
+__all__ = ["run", "needs_ops", "BufferPool", "LayerBackends", "Pairing", "as_module", "MODES"]
 
 MODES = ("ops", "kernels", "torch")
 PREFERRED = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
@@ -61,10 +63,11 @@ class LayerBackends:
     """Per fused step, the backend module that runs it on a device and dtype, or ``None`` where
     it runs in PyTorch (``"auto"`` only), with the reason; resolved once per (device, dtype)."""
 
-    def __init__(self, plan: Plan, backend: str):
+    def __init__(self, plan: Plan, backend: str, pair_layers: bool | None = None):
         if backend not in _backends.BACKEND_NAMES:
             raise ValueError(f"unknown backend {backend!r}; choose one of {_backends.BACKEND_NAMES}")
         self.plan, self.backend = plan, backend
+        self.pair_layers = pair_layers_default() if pair_layers is None else bool(pair_layers)
         self._cache: dict = {}
         self.checked_signatures: set = set()  # inputs whose working set was found to fit
         self._lock = threading.Lock()
@@ -77,6 +80,18 @@ class LayerBackends:
         if hit is None:
             with self._lock:
                 hit = self._cache.get(key) or self._resolve(device, dtype)
+                self._cache[key] = hit
+        return hit
+
+    def pairs_for(self, device: torch.device, dtype: torch.dtype) -> "Pairing":
+        """Which consecutive fused steps run as one two-layer kernel launch on ``device`` in
+        ``dtype`` (``Pairing``), resolved once per (device, dtype, ``pair_layers``)."""
+        key = ("pairs", device.type, device.index, dtype, self.pair_layers)
+        hit = self._cache.get(key)
+        if hit is None:
+            chosen = self.for_call(device, dtype)
+            with self._lock:
+                hit = self._cache.get(key) or _pairing(self.plan, chosen, dtype, self.pair_layers)
                 self._cache[key] = hit
         return hit
 
@@ -118,6 +133,63 @@ class LayerBackends:
                                              f"{step.out_channels}): {'; '.join(reasons)}")
                 chosen[i] = ("pytorch", None, "; ".join(reasons))
         return chosen
+
+
+PAIR_LAYERS_ENV = "REDKERN_PAIR_LAYERS"
+
+
+def pair_layers_default() -> bool:
+    """Whether eager inference pairs layers by default: on, unless ``REDKERN_PAIR_LAYERS=0``."""
+    return os.environ.get(PAIR_LAYERS_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    """Consecutive fused steps run two to a kernel launch (eager inference, ``"kernels"`` mode).
+
+    ``first``: ``{i: label}`` for each pair of steps ``i``, ``i + 1`` run by the backend's
+    ``conv2d_pair`` (step ``i``'s output kept on chip, never stored); ``why_not``: ``{i: reason}``
+    for each other step on a backend that pairs layers, why it runs on its own."""
+
+    first: dict
+    why_not: dict
+
+
+# The backends with a two-layer kernel (``conv2d_pair``, ``pair_algorithm``).
+PAIRING_BACKENDS = ("triton",)
+
+
+def _pairing(plan: Plan, chosen: dict, dtype: torch.dtype, enabled: bool) -> Pairing:
+    """Pair the plan's steps greedily, first to last: a step pairs with the next when the plan
+    allows it (``Plan.pair_problem``), both run on the same pairing backend and that backend's
+    ``pair_algorithm`` takes the two layers."""
+    first, why_not = {}, {}
+    pairing = [i for i, c in chosen.items() if c[0] in PAIRING_BACKENDS and c[1] is not None]
+    if not enabled:
+        return Pairing({}, {i: f"pairing is off (pair_layers=False or {PAIR_LAYERS_ENV}=0)" for i in pairing})
+    steps, i = plan.steps, 0
+    while i < len(steps):
+        if i not in pairing:
+            i += 1
+            continue
+        why = plan.pair_problem(i)
+        if why is None:
+            nxt = chosen.get(i + 1)
+            if nxt is None or nxt[0] != chosen[i][0] or nxt[1] is None:
+                why = f"{steps[i + 1].name} runs on {'PyTorch' if nxt is None or nxt[1] is None else nxt[0]}"
+        if why is None:
+            a, b = steps[i], steps[i + 1]
+            try:
+                first[i] = chosen[i][1].pair_algorithm(
+                    (a.in_channels, a.out_channels, a.kernel, a.padding, a.transposed),
+                    (b.in_channels, b.out_channels, b.kernel, b.padding, b.transposed), dtype)
+                i += 2
+                continue
+            except BackendUnavailable as e:
+                why = str(e)
+        why_not[i] = why
+        i += 1
+    return Pairing(first, why_not)
 
 
 @torch._dynamo.assume_constant_result  # resolved once, outside any graph: a constant to the compiler
@@ -347,11 +419,21 @@ def _run_kernels(plan: Plan, root, env, resolve, first, pool, layers):
     for v, i in plan.last_uses().items():
         if v not in plan.inputs:
             dying.setdefault(i, []).append(v)
+    pairs = {}
     for i, step in enumerate(plan.steps):
         if isinstance(step, ConvStep) and chosen is None:
             chosen = _first_fused_step(plan, first, signature, resolve, layers)
+            pairs = layers.pairs_for(first.device, first.dtype).first
             _inputs_to_nhwc(plan, env, lambda i: i in chosen and chosen[i][1] is not None)
-        if isinstance(step, TorchStep):
+        if i - 1 in pairs:
+            pass  # run with step i - 1
+        elif i in pairs:
+            second = plan.steps[i + 1]
+            x = env[step.src]
+            out = maps.new(second.dst, (x.shape[0], second.out_channels, x.shape[2], x.shape[3]), x.dtype, x.device)
+            chosen[i][1].conv2d_pair(x, _kernel_args(step, env, x), _kernel_args(second, env, x), out=out)
+            env[second.dst] = out
+        elif isinstance(step, TorchStep):
             env[step.dst] = _run_torch_step(step, env, root)
             maps.adopt(step.dst, env[step.dst])
         elif chosen[i][1] is None or step.folds_batchnorm_in_training:
@@ -363,13 +445,8 @@ def _run_kernels(plan: Plan, root, env, resolve, first, pool, layers):
             shape = (x.shape[0], step.out_channels, output_size(x.shape[2], kh, ph, step.transposed),
                      output_size(x.shape[3], kw, pw, step.transposed))
             out = maps.new(step.dst, shape, x.dtype, x.device)
-            w, b = _step_weights(step, x.dtype, cached=True)
-            e = step.epilogue
-            chosen[i][1].conv2d(
-                x, w, b, env[step.extra] if step.extra is not None else None,
-                transposed=step.transposed, padding=step.padding, epilogue=e,
-                slopes=kernel_slopes(e.act, e.slope, step.act_weight, step.out_channels, x.device),
-                slopes2=kernel_slopes(e.act2, e.slope2, step.act2_weight, step.out_channels, x.device), out=out)
+            args = _kernel_args(step, env, x)
+            chosen[i][1].conv2d(x, args.pop("weight"), args.pop("bias"), args.pop("extra"), **args, out=out)
             env[step.dst] = out
         for v in dying.get(i, ()):
             maps.release(v)
@@ -386,6 +463,16 @@ def _run_kernels(plan: Plan, root, env, resolve, first, pool, layers):
     if pooled:
         pool.put(signature, maps.free)
     return out
+
+
+def _kernel_args(step: ConvStep, env, x: Tensor) -> dict:
+    """A fused step's arguments to a backend's ``conv2d`` (all by name; the input ``x`` aside)."""
+    w, b = _step_weights(step, x.dtype, cached=True)
+    e = step.epilogue
+    return dict(weight=w, bias=b, extra=env[step.extra] if step.extra is not None else None,
+                transposed=step.transposed, padding=step.padding, epilogue=e,
+                slopes=kernel_slopes(e.act, e.slope, step.act_weight, step.out_channels, x.device),
+                slopes2=kernel_slopes(e.act2, e.slope2, step.act2_weight, step.out_channels, x.device))
 
 
 def _first_fused_step(plan, first, signature, resolve, layers):

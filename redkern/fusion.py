@@ -73,6 +73,18 @@ class FusedForward:
             raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {value!r}")
         self.__dict__[_NONFINITE] = value
 
+    @property
+    def pair_layers(self) -> bool:
+        """Whether eager inference runs consecutive layers two to a kernel launch where the
+        backend can (Triton: 3x3 layers with padding 1, the first's output kept on chip;
+        ``redkern.explain`` says which). On by default, off with ``REDKERN_PAIR_LAYERS=0``;
+        set it to compare. Autograd and ``torch.compile`` always run one layer per op."""
+        return self._redkern_runtime_state().layers.pair_layers
+
+    @pair_layers.setter
+    def pair_layers(self, value: bool) -> None:
+        self._redkern_runtime_state().layers.pair_layers = bool(value)
+
     def forward(self, *inputs):
         rt = self._redkern_runtime_state()
         if self.nonfinite == "raise" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):

@@ -276,6 +276,33 @@ class Plan:
             last[v] = len(self.steps)
         return last
 
+    def pair_problem(self, i: int) -> str | None:
+        """Why steps ``i`` and ``i + 1`` cannot run as one two-layer kernel (the first's output
+        kept on chip, never stored), or ``None`` when the plan allows it: both fused
+        convolutions, the second reading the first's output as its input, and nothing else
+        reading that output (not even as the second's extra, nor as the module's output). Whether
+        a backend has such a kernel for the two layers is the backend's to say."""
+        first = self.steps[i]
+        if not isinstance(first, ConvStep):
+            return "not a fused convolution"
+        if i + 1 >= len(self.steps):
+            return "the last step"
+        second = self.steps[i + 1]
+        name = _value(self, first.dst)
+        if not isinstance(second, ConvStep):
+            return f"the next step ({second.name}) runs in PyTorch"
+        if second.src != first.dst:
+            return f"{second.name} reads {_value(self, second.src)}, not {name}"
+        for s in (first, second):
+            if s.folds_batchnorm_in_training:
+                return f"{s.name}'s BatchNorm is in training mode"
+        readers = [s.name for s in self.steps[i + 2:] if first.dst in s.reads]
+        if second.extra == first.dst:
+            readers.insert(0, f"{second.name} (as its extra)")
+        if readers or first.dst in self.output_values:
+            return f"{name} is also read by {', '.join(readers) or 'the output'}, so it must be stored"
+        return None
+
     def radius(self) -> int | None:
         """The receptive field radius in input pixels (see ``receptive_field_radius``)."""
         return self.receptive_field_radius()
@@ -1070,9 +1097,23 @@ def _fused_text(plan: Plan, step: ConvStep) -> str:
     return text
 
 
-def plan_table(plan: Plan, chosen: dict | None = None, title: str | None = None) -> str:
+def _pair_text(plan: Plan, i: int, pairs) -> str:
+    """The report's words on step ``i``'s pairing (``executor.Pairing``)."""
+    if i in pairs.first:
+        return f"; paired with {plan.steps[i + 1].name} ({pairs.first[i]})"
+    if i - 1 in pairs.first:
+        return f"; in {plan.steps[i - 1].name}'s launch"
+    if i in pairs.why_not:
+        return f"; not paired: {pairs.why_not[i]}"
+    return ""
+
+
+def plan_table(plan: Plan, chosen: dict | None = None, title: str | None = None,
+               pairs: dict | None = None) -> str:
     """The plan as a table: one row per fused convolution and per PyTorch operation.
-    ``chosen``: ``LayerBackends.for_call``'s answer, adding the backend and algorithm."""
+    ``chosen``: ``LayerBackends.for_call``'s answer, adding the backend and algorithm;
+    ``pairs``: ``LayerBackends.pairs_for``'s answer, adding which layers run two to a launch
+    and why the others do not."""
     rows = []
     quiet = []
     for i, step in enumerate(plan.steps):
@@ -1083,6 +1124,8 @@ def plan_table(plan: Plan, chosen: dict | None = None, title: str | None = None)
                 where = f"{name}: {label}" if mod is not None else f"PyTorch ({label})"
             if step.folds_batchnorm_in_training:
                 where = "PyTorch (BatchNorm in training mode)"
+            if pairs is not None:
+                where += _pair_text(plan, i, pairs)
             rows.append((str(len(rows) + 1), step.name, step.describe(), f"{step.in_channels} -> {step.out_channels}",
                          _value(plan, step.src), _fused_text(plan, step), where))
         elif step.reason in _QUIET_REASONS:

@@ -1,8 +1,9 @@
 """``redkern.explain(module)``: what runs fused, where, how, and what stays in PyTorch.
 
 Per fused layer, the backend and algorithm that run it on a device and dtype (the plan's own
-table, ``layer_plan.plan_table``, with a column more); for a partly fused module, where tracing
-stopped and why.
+table, ``layer_plan.plan_table``, with a column more), which layers run two to a kernel launch
+in eager inference and why the others do not; for a partly fused module, where tracing stopped
+and why.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ def explain(module: nn.Module, *, backend: str | None = None, device=None, dtype
     def walk(m, path):
         if isinstance(m, FusedForward):
             layers = LayerBackends(m.plan, backend or m.backend)
+            layers.pair_layers = m.pair_layers
             chosen = layers.for_call(device, dtype) if m.plan.conv_steps else {}
+            pairs = layers.pairs_for(device, dtype) if m.plan.conv_steps else None
             title = f"{path or type(m).__name__} ({type(m).__name__}, backend {backend or m.backend}, " \
                     f"{str(dtype).removeprefix('torch.')} on {device})"
-            out.append(plan_table(m.plan, chosen, title))
+            out.append(plan_table(m.plan, chosen, title, pairs if pairs and (pairs.first or pairs.why_not) else None))
             return
         why = untraced_reason(m)
         if why is not None:

@@ -29,10 +29,11 @@ try:
     import triton
 
     from ..kernels import conv2d as _kernels
+    from ..kernels import conv2d_pair as _pair_kernels
     from ..kernels import conv2d_wgrad as _wgrad_kernels
     _IMPORT_ERROR = None
 except Exception as e:  # not installed, or broken: the package still imports; status() says why
-    triton = _kernels = _wgrad_kernels = None
+    triton = _kernels = _pair_kernels = _wgrad_kernels = None
     _IMPORT_ERROR = e
 
 _weights = WeightCache()
@@ -161,6 +162,38 @@ def packed_weight(weight: torch.Tensor, transposed: bool) -> torch.Tensor:
                         lambda: _kernels.pack_weight(conv_weight(weight.detach(), transposed)))
 
 
+def _check_input(x: torch.Tensor) -> None:
+    check_can_run(x.device)
+    problem = _dtype_problem(x.dtype, x.device)
+    if problem:  # a dtype it never takes is a TypeError; bfloat16 on an old GPU a missing feature
+        if x.dtype not in _dtypes():
+            raise TypeError(problem)
+        raise BackendUnavailable(problem)
+
+
+def _prepared_layer(x, cin: int, weight, bias, *, transposed: bool, padding, epilogue: Epilogue, layer: str = ""):
+    """One layer's checks and kernel arguments, reading ``cin`` channels of x's dtype and device:
+    ``(kernel, conv_padding, packed weight, float32 bias)``. ``layer`` prefixes the messages."""
+    if not isinstance(epilogue, Epilogue):
+        raise TypeError(f"{layer}epilogue must be a redkern.epilogue.Epilogue, got {type(epilogue).__name__} {epilogue!r}")
+    if x.dim() != 4 or weight.dim() != 4:
+        raise ValueError(f"x must be [N, Cin, H, W] and {layer}weight [.., .., KH, KW], got shapes "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if weight.dtype != x.dtype or weight.device != x.device:
+        raise ValueError(f"{layer}weight is {weight.dtype} on {weight.device}; x is {x.dtype} on {x.device}")
+    takes = weight.shape[0 if transposed else 1]
+    if cin != takes:
+        layout = "ConvTranspose2d [Cin, Cout, KH, KW]" if transposed else "Conv2d [Cout, Cin, KH, KW]"
+        what = "x has" if not layer else f"{layer}input has"
+        raise ValueError(f"{what} {cin} channels but the {layout} weight {tuple(weight.shape)} takes {takes}")
+    kernel = tuple(weight.shape[2:])
+    conv_padding = _conv_padding(kernel, padding, transposed)
+    cout = weight.shape[1 if transposed else 0]
+    bias = (torch.zeros(cout, dtype=torch.float32, device=x.device) if bias is None
+            else bias.detach().to(torch.float32).contiguous())
+    return kernel, conv_padding, packed_weight(weight, transposed), bias
+
+
 def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: Epilogue,
            slopes=None, slopes2=None, out=None) -> torch.Tensor:
     """One fused stride-1 convolution (the contract in ``redkern.backends``).
@@ -175,34 +208,61 @@ def conv2d(x, weight, bias, extra=None, *, transposed: bool, padding, epilogue: 
     tensor in x's dtype: ``out`` when given (a NHWC tensor of exactly that, overlapping
     neither x nor extra).
     """
-    check_can_run(x.device)
-    problem = _dtype_problem(x.dtype, x.device)
-    if problem:  # a dtype it never takes is a TypeError; bfloat16 on an old GPU a missing feature
-        if x.dtype not in _dtypes():
-            raise TypeError(problem)
-        raise BackendUnavailable(problem)
-    if not isinstance(epilogue, Epilogue):
-        raise TypeError(f"epilogue must be a redkern.epilogue.Epilogue, got {type(epilogue).__name__} {epilogue!r}")
-    if x.dim() != 4 or weight.dim() != 4:
-        raise ValueError(f"x must be [N, Cin, H, W] and weight [.., .., KH, KW], got shapes "
-                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
-    if weight.dtype != x.dtype or weight.device != x.device:
-        raise ValueError(f"weight is {weight.dtype} on {weight.device}; x is {x.dtype} on {x.device}")
-    cin = weight.shape[0 if transposed else 1]
-    if x.shape[1] != cin:
-        layout = "ConvTranspose2d [Cin, Cout, KH, KW]" if transposed else "Conv2d [Cout, Cin, KH, KW]"
-        raise ValueError(f"x has {x.shape[1]} channels but the {layout} weight {tuple(weight.shape)} "
-                         f"takes {cin}")
-    kernel = tuple(weight.shape[2:])
-    conv_padding = _conv_padding(kernel, padding, transposed)
-    cout = weight.shape[1 if transposed else 0]
-    bias = (torch.zeros(cout, dtype=torch.float32, device=x.device) if bias is None
-            else bias.detach().to(torch.float32).contiguous())
+    _check_input(x)
+    kernel, conv_padding, w_packed, bias = _prepared_layer(
+        x, x.shape[1] if x.dim() == 4 else -1, weight, bias, transposed=transposed, padding=padding,
+        epilogue=epilogue)
     return _kernels.conv2d_nhwc(
-        to_nhwc(x.detach()), packed_weight(weight, transposed), bias,
-        to_nhwc(extra.detach()) if extra is not None else None,
+        to_nhwc(x.detach()), w_packed, bias, to_nhwc(extra.detach()) if extra is not None else None,
         kernel=kernel, padding=conv_padding, epilogue=epilogue, slopes=slopes, slopes2=slopes2,
         out=out, allow_tf32=x.dtype == torch.float32 and tf32_allowed())
+
+
+def pair_algorithm(first, second, dtype: torch.dtype) -> str:
+    """The plan report's label for two consecutive layers run as one kernel launch
+    (``conv2d_pair``), each ``(cin, cout, kernel, padding, transposed)`` as ``algorithm``
+    takes them; raises ``BackendUnavailable`` saying why this pair cannot run so."""
+    for layer in (first, second):
+        algorithm(*layer, dtype)  # each must run here on its own
+    if first[1] != second[0]:
+        raise BackendUnavailable(f"the first layer's {first[1]} outputs are not the second's {second[0]} inputs")
+    for which, (cin, cout, kernel, padding, transposed) in (("first", first), ("second", second)):
+        if _pair(kernel) != (3, 3) or _conv_padding(kernel, padding, transposed) != (1, 1):
+            kind = "deconv" if transposed else "conv"
+            raise BackendUnavailable(f"the {which} layer is a {kind} {'x'.join(map(str, _pair(kernel)))} with "
+                                     f"padding {_pair(padding)}; pairs are of 3x3 layers with padding 1")
+        if cout > _pair_kernels.PAIR_MAX_CHANNELS:
+            raise BackendUnavailable(f"the {which} layer has {cout} output channels; pairs keep at most "
+                                     f"{_pair_kernels.PAIR_MAX_CHANNELS} on chip")
+    return "implicit GEMM 3x3 pair, mid tile on chip"
+
+
+def conv2d_pair(x, first: dict, second: dict, *, out=None) -> torch.Tensor:
+    """Two consecutive fused stride-1 3x3 layers (padding 1) in one kernel launch, the first's
+    output kept on chip (``redkern.kernels.conv2d_pair``).
+
+    ``x`` ``[N, Cin, H, W]`` in any layout; ``first`` and ``second``: each layer's ``conv2d``
+    arguments as a dict (``weight``, ``bias``, ``extra``, ``transposed``, ``padding``,
+    ``epilogue``, ``slopes``, ``slopes2``; ``extra`` is that layer's own ``[N, C, H, W]``).
+    Returns the second layer's output, dense NHWC ``[N, Cout, H, W]`` in x's dtype: ``out``
+    when given. Equals ``conv2d`` run twice, the first output rounded to x's dtype.
+    """
+    _check_input(x)
+    layers, cin = [], x.shape[1] if x.dim() == 4 else -1
+    for which, spec in (("first", first), ("second", second)):
+        name = f"the {which} layer's "
+        kernel, conv_padding, w_packed, bias = _prepared_layer(
+            x, cin, spec["weight"], spec.get("bias"), transposed=spec["transposed"], padding=spec["padding"],
+            epilogue=spec["epilogue"], layer=name)
+        if kernel != (3, 3) or conv_padding != (1, 1):
+            raise ValueError(f"{name}window is {kernel[0]}x{kernel[1]} with padding {tuple(spec['padding'])}; "
+                             "conv2d_pair runs 3x3 layers with padding 1")
+        extra = spec.get("extra")
+        layers.append(_pair_kernels.PairLayer(w_packed, bias, to_nhwc(extra.detach()) if extra is not None else None,
+                                              spec["epilogue"], spec.get("slopes"), spec.get("slopes2")))
+        cin = w_packed.shape[1]
+    return _pair_kernels.conv3x3_pair_nhwc(to_nhwc(x.detach()), *layers, out=out,
+                                           allow_tf32=x.dtype == torch.float32 and tf32_allowed())
 
 
 def conv2d_weight_grad(x, grad, *, weight_shape, transposed: bool, padding) -> tuple[torch.Tensor, torch.Tensor]:
@@ -218,12 +278,7 @@ def conv2d_weight_grad(x, grad, *, weight_shape, transposed: bool, padding) -> t
     contiguous in the module's layout, ``grad_bias`` ``[Cout]``; the values of
     ``aten.convolution_backward``'s weight and bias gradients, bitwise the same every call.
     """
-    check_can_run(x.device)
-    problem = _dtype_problem(x.dtype, x.device)
-    if problem:  # as conv2d: a dtype it never takes is a TypeError; bfloat16 on an old GPU a missing feature
-        if x.dtype not in _dtypes():
-            raise TypeError(problem)
-        raise BackendUnavailable(problem)
+    _check_input(x)
     if x.dim() != 4 or grad.dim() != 4:
         raise ValueError(f"x must be [N, Cin, H, W] and grad [N, Cout, OH, OW], got shapes "
                          f"{tuple(x.shape)} and {tuple(grad.shape)}")
