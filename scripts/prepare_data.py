@@ -20,6 +20,10 @@ wallpapers (the rest of those two photographs is not used at all).
 
     python scripts/prepare_data.py --install      # apt-get + pip first, then build
     python scripts/prepare_data.py OUT_DIR         # build only (default: .data/redkern-gray)
+
+The larger catalog of photographs for the next models (Debian's lomiri and mate wallpapers
+too, 37.5 Mpixel) is ``redkern.photos`` (``python -m redkern.photos``); its validation split
+keeps these four images as they are here.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from redkern.photos import centre_crop, luminance  # one definition, shared with the photo catalog
 
 WALLPAPER_DIR = Path("/usr/share/wallpapers")
 WALLPAPERS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf",
@@ -49,16 +55,6 @@ def install() -> None:
     subprocess.run(["apt-get", "update"], check=True)
     subprocess.run(["apt-get", "install", "-y", "plasma-workspace-wallpapers"], check=True)
     subprocess.run([sys.executable, "-m", "pip", "install", "scikit-image", "PyWavelets"], check=True)
-
-
-def luminance(pixels: np.ndarray) -> np.ndarray:
-    """uint8 ``[H, W]`` or ``[H, W, 3]`` -> uint8 ``[H, W]``: grayscale kept, RGB -> Y (BT.601)."""
-    if pixels.ndim == 2:
-        return pixels
-    from redkern.imageio import rgb_to_ycbcr
-
-    y = rgb_to_ycbcr(pixels[..., :3].astype(np.float64) / 255)[..., 0]
-    return np.rint(np.clip(y, 0, 1) * 255).astype(np.uint8)
 
 
 def largest_jpeg(name: str) -> Path:
@@ -86,12 +82,6 @@ def sources():
         with Image.open(largest_jpeg(name)) as im:
             rgb = np.asarray(im.convert("RGB").reduce(2))  # 2x2 box average: hides JPEG blocks
         yield name, luminance(rgb)
-
-
-def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
-    h, w = img.shape
-    top, left = (h - size) // 2, (w - size) // 2
-    return img[top:top + size, left:left + size]
 
 
 def build(out: Path) -> dict[str, list[str]]:

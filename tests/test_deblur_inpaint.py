@@ -308,3 +308,58 @@ def test_eval_command_scores_the_peers_alone(folder, capsys):
     assert main(["eval", "--task", "inpaint", "--level", "5", "--noise", "1", "--no-model",
                  "--data", str(folder / "val")]) == 2
     assert "--noise" in capsys.readouterr().err
+
+
+# --- the photo catalog (redkern.photos) ------------------------------------------------------
+
+def test_catalog_names_are_unique_and_the_validation_split_is_in_it():
+    from redkern import photos
+
+    names = [s.name for s in photos.SOURCES]
+    assert len(names) == len(set(names))
+    assert set(photos.VALIDATION) <= set(names)
+    # the four images the shipped models were validated on stay in the split, as they were
+    assert {"camera": None, "astronaut": None, "Path": 512, "ColorfulCups": 512}.items() <= photos.VALIDATION.items()
+    assert all(s.package.split(":")[0] in ("deb", "pip") for s in photos.SOURCES)
+
+
+def test_catalog_loads_the_pypi_sources_and_never_mixes_the_splits():
+    from redkern import photos
+
+    pip_only = [s.name for s in photos.SOURCES if s.package.startswith("pip:scikit-image")]
+    train = photos.load("train", 1, names=pip_only)
+    val = photos.load("val", 1, names=pip_only)
+    assert {n for n, _ in val} == {"camera", "astronaut"}
+    assert not {n for n, _ in train} & set(photos.VALIDATION)
+    assert all(px.dtype == np.uint8 and px.ndim == 3 and px.shape[2] == 1 for _, px in train + val)
+    rgb = dict(photos.load("train", 3, names=pip_only))
+    assert "coffee" in rgb and rgb["coffee"].shape == (400, 600, 3) and "brick" not in rgb  # grayscale left out
+    y = dict(train)["coffee"][..., 0]
+    assert np.array_equal(y, photos.luminance(skimage_data.coffee()))
+
+
+def test_a_missing_debian_source_names_its_package(tmp_path, monkeypatch):
+    from redkern import photos
+
+    monkeypatch.setenv("REDKERN_PHOTO_ROOTS", str(tmp_path))
+    lady = next(s for s in photos.SOURCES if s.name == "LadyBird")
+    if photos._find(lady.where) is not None:
+        pytest.skip("mate-backgrounds is installed here")
+    with pytest.raises(photos.MissingSource, match="apt-get install -y mate-backgrounds"):
+        photos.load("val", 1, names=["LadyBird"])
+    assert photos.load("val", 1, names=["LadyBird"], missing="skip") == []
+
+
+def test_a_debian_source_is_found_under_a_root_and_box_reduced(tmp_path, monkeypatch, rng):
+    from redkern import photos
+
+    folder = tmp_path / "usr/share/backgrounds/mate/nature"
+    folder.mkdir(parents=True)
+    pixels = rng.integers(0, 256, (1200, 1800, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "Storm.jpg", quality=95)
+    monkeypatch.setenv("REDKERN_PHOTO_ROOTS", str(tmp_path))
+    (name, got), = photos.load("train", 3, names=["Storm"])
+    with Image.open(folder / "Storm.jpg") as im:  # 1800 px: reduced by max(2, round(1800 / 1600)) = 2
+        want = np.asarray(im.convert("RGB")).reshape(600, 2, 900, 2, 3).astype(np.float64).mean((1, 3))
+    assert name == "Storm" and got.shape == (600, 900, 3)
+    assert np.abs(got.astype(np.float64) - want).max() <= 0.5 + 1e-9
