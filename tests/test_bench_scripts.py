@@ -91,3 +91,22 @@ def test_compare_training_runs_every_runner_and_checks_gradients(capsys):
     err = float(out.split("max relative error ")[1].split()[0])
     assert err <= 1e-4
     assert out.count("| redkern fused") == 1 and out.count("| reference, ") == 2
+
+
+def test_compare_sizes_runs_whole_and_tiled_and_writes_its_section(tmp_path, capsys, monkeypatch):
+    """bench/compare_sizes.py on a tiny RED30 (no timing is judged): whole-image and tiled rows in
+    both dtypes, each checked for non-finite output, and its section written into the file."""
+    monkeypatch.syspath_prepend(str(BENCH))  # its `from ratio_table import ...`, as when run from bench/
+    script = load("compare_sizes")
+    target = tmp_path / "B.md"
+    target.write_text("# Benchmarks\n\n## Other\n\nkept\n")
+    monkeypatch.setattr(script, "default_tile", lambda model, h, w: ((90, 90), "forced for the test"))
+    assert script.main(["--sizes", "40", "100", "--whole-max", "64", "--repeats", "1", "--features", "8",
+                        "--write", str(target)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| whole image, median of 1 |") == 2
+    tiled_rows = [line for line in out.splitlines() if "| tiled, " in line]
+    # 100 px with windows of at most 90 and RED30's 30 px halo: 2 per axis, just large enough
+    assert len(tiled_rows) == 2 and all("4 windows of 80x80 (2.56x the pixels)" in line for line in tiled_rows)
+    text = target.read_text()
+    assert "kept" in text and text.count(script.SECTION) == 1 and "| 100x100 | bf16 |" in text

@@ -1,0 +1,121 @@
+"""RED30 on the CPU from 256x256 to 16384x16384: does a huge image run at the small one's speed?
+
+    python bench/compare_sizes.py                                  # 256, 1024 whole; 4096 tiled
+    python bench/compare_sizes.py --sizes 256 1024 4096 16384 --dtypes bf16 --write BENCHMARKS.md
+
+Each size runs the fused RED30-64 (Kaiming-init weights, one grey image in [0, 1]) in one
+process: up to --whole-max pixels a side as one model call (medians of --repeats), larger ones
+through ``redkern.tiled`` with the window it chooses from the memory available (once: each run
+is long). GFLOP/s count direct-convolution FLOPs of the image's own pixels, so a tiled run's
+halo recomputation shows as lost speed; "vs 256" is that rate over the smallest size's in the
+same dtype (the issue's goal: within 10%, i.e. >= 0.90).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import redkern
+from redkern import benchmarking as B
+from redkern.backends import cpu as cpu_backend
+from redkern.tiling import default_tile, plan_tiles, resolve_halo, tiled
+from ratio_table import replace_section  # same folder
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+SECTION = "## CPU: RED30 per pixel from 256x256 to 16384x16384"
+
+
+def _model(dtype: torch.dtype, features: int):
+    torch.manual_seed(0)
+    ref = B.kaiming_init_(redkern.RED30(features=features)).eval()
+    fused = redkern.RED30(features=features, fused=True).eval()
+    fused.load_state_dict(ref.state_dict())
+    return fused.to(dtype)
+
+
+def measure(size: int, dtype_name: str, model, repeats: int, whole_max: int) -> dict:
+    """One row: the median (whole image) or single (tiled) time of ``size``x``size``."""
+    dtype = DTYPES[dtype_name]
+    x = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(size)).to(dtype)
+    flops = B.model_flops(model, 1, size, size)
+    with torch.inference_mode():
+        if size <= whole_max:
+            model(x)  # warm-up: packed weights, the feature-map pool
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                y = model(x)
+                times.append(time.perf_counter() - t0)
+            how, seconds = f"whole image, median of {repeats}", statistics.median(times)
+        else:
+            tile, _ = default_tile(model, size, size)  # what tiled() chooses without a tile
+            windows = plan_tiles(size, size, tile, resolve_halo(model, None, False))
+            rows, cols = (windows[0].window[0].stop - windows[0].window[0].start,
+                          windows[0].window[1].stop - windows[0].window[1].start)
+            work = len(windows) * rows * cols / size ** 2  # every window has the same shape
+            t0 = time.perf_counter()
+            y = tiled(model, x, tile=tile, quiet=True)
+            seconds = time.perf_counter() - t0
+            how = f"tiled, {len(windows)} windows of {rows}x{cols} ({work:.2f}x the pixels), one run"
+    if not torch.isfinite(y).all():
+        raise RuntimeError(f"{dtype_name} {size}x{size}: the output has non-finite values")
+    return {"size": size, "dtype": dtype_name, "how": how, "seconds": seconds,
+            "us_per_px": seconds / size ** 2 * 1e6, "gflops": flops / seconds / 1e9}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| size | dtype | run | time (s) | us/px | GFLOP/s | vs 256 |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    base = {}
+    for r in rows:
+        base.setdefault(r["dtype"], r["gflops"])
+        lines.append(f"| {r['size']}x{r['size']} | {r['dtype']} | {r['how']} | {r['seconds']:.3f} | "
+                     f"{r['us_per_px']:.3f} | {r['gflops']:.0f} | {r['gflops'] / base[r['dtype']]:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    p.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--features", type=int, default=64)
+    p.add_argument("--whole-max", type=int, default=1024, metavar="PX",
+                   help="sizes up to this run as one model call, larger ones tiled (default 1024)")
+    p.add_argument("--write", metavar="FILE", help="also write the table into FILE (markdown)")
+    args = p.parse_args(argv)
+    if any(s < 1 for s in args.sizes) or args.repeats < 1:
+        p.error("sizes and --repeats must be positive")
+    logging.basicConfig(level=logging.WARNING)
+
+    rows = []
+    for name in args.dtypes:
+        model = _model(DTYPES[name], args.features)
+        for size in sorted(args.sizes):
+            rows.append(measure(size, name, model, args.repeats, args.whole_max))
+            print(f"  {name} {size}x{size}: {rows[-1]['seconds']:.3f} s", file=sys.stderr, flush=True)
+        if hasattr(model, "release_buffers"):
+            model.release_buffers()
+    header = (f"RED30-{args.features}, 1 channel, batch 1, {torch.get_num_threads()} threads, "
+              f"{B.cpu_model_name()}, CPU kernel ISA {cpu_backend._C.selected_isa()}, bf16 3x3 layers: "
+              f"{cpu_backend.algorithm(64, 64, 3, 1, False, torch.bfloat16)}, torch {torch.__version__}, "
+              f"{datetime.date.today()}")
+    out = header + "\n\n" + table(rows)
+    print(out)
+    if args.write:
+        cmd = "python bench/compare_sizes.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        section = f"{SECTION}\n\nProduced by `{cmd}` on {platform.node() or 'this machine'}.\n\n{out}\n"
+        replace_section(args.write, SECTION, section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
