@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from . import backends as _backends
-from .executor import BufferPool, LayerBackends, run
+from .executor import BufferPool, LayerBackends, needs_ops, run
+from .graphs import GraphReplay, eligible as graph_eligible
 from .validation import check_finite
 from .layer_plan import RUNTIME_ATTRIBUTES, Plan, PlanError, own_containers, plan as make_plan, reference_view
 
@@ -43,6 +44,7 @@ class _Runtime:
         self.plan = plan
         self.layers = LayerBackends(plan, backend)
         self.pool = BufferPool()
+        self.graphs: GraphReplay | None = None  # set while cuda_graphs is on
 
 
 class FusedForward:
@@ -85,10 +87,29 @@ class FusedForward:
     def pair_layers(self, value: bool) -> None:
         self._redkern_runtime_state().layers.pair_layers = bool(value)
 
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether eager inference on CUDA inputs replays one captured CUDA graph of the whole
+        call (``redkern.graphs``): captured at the first call of an input shape, again whenever
+        the shapes, dtype, device, weights or ``pair_layers`` change; outputs are copies. Off by
+        default; ignored for CPU inputs, autograd and ``torch.compile``."""
+        return self._redkern_runtime_state().graphs is not None
+
+    @cuda_graphs.setter
+    def cuda_graphs(self, value: bool) -> None:
+        rt = self._redkern_runtime_state()
+        rt.graphs = (rt.graphs or GraphReplay()) if value else None
+
     def forward(self, *inputs):
         rt = self._redkern_runtime_state()
         if self.nonfinite == "raise" and not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
             check_finite(inputs, f"{type(self).__name__}.forward")
+        graphs = rt.graphs
+        if graphs is not None and graph_eligible(inputs) and not needs_ops(inputs, self.parameters()):
+            tensors = [*self.parameters(), *self.buffers()]
+            return graphs(lambda *xs: run(rt.plan, self, xs, backend=self.backend, layers=rt.layers,
+                                          mode="kernels"),
+                          inputs, tensors, extra_key=(rt.layers.pair_layers,))
         return run(rt.plan, self, inputs, backend=self.backend, layers=rt.layers, pool=rt.pool)
 
     @property
@@ -113,10 +134,12 @@ class FusedForward:
         return {rt.plan.steps[i].name: (name, label) for i, (name, _, label) in chosen.items()}
 
     def release_buffers(self) -> None:
-        """Free the feature maps kept from the last inference call."""
+        """Free the feature maps kept from the last inference call (and its CUDA graph)."""
         rt = self.__dict__.get(_RUNTIME)
         if rt is not None:
             rt.pool.clear()
+            if rt.graphs is not None:
+                rt.graphs.clear()
 
     def _redkern_runtime_state(self) -> _Runtime:
         rt = self.__dict__.get(_RUNTIME)
