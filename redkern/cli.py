@@ -6,7 +6,8 @@
     redkern restore noisy.png clean.png --model dncnn_b --weights dncnn_gray_blind.pth   # KAIR's file
     redkern info                                  # version, backends, CPU features, devices, zoo models
 
-``--task denoise|sr|jpeg`` uses the weights that ship with the package (redkern.pretrained).
+``--task denoise|sr|jpeg`` uses the weights that ship with the package (redkern.pretrained);
+``--task deblur|inpaint`` stops with the ``redkern train`` command that makes their weights (none ship yet).
 With neither ``--task`` nor ``--weights`` the model has random weights (seeded, so runs
 repeat): that shows speed, not restoration, and the command says so.
 

@@ -325,7 +325,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``redkern eval`` options."""
     parser.add_argument("--task", required=True, choices=TASKS)
     parser.add_argument("--level", required=True, help="sigma (0..255), scale or JPEG quality; for deblur "
-                        "the blur sigma in pixels (--level 2 is the issue's --blur 2), for inpaint the text "
+                        "the blur sigma in pixels (--level 2 is what restore calls --blur 2), for inpaint the text "
                         "coverage in percent; several separated by commas, e.g. 15,25,50")
     parser.add_argument("--noise", help="deblur only: the noise sigma (0..255) added after the blur, a number "
                         "or a range drawn per image such as 0-2 (default: 1)")

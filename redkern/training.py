@@ -12,7 +12,8 @@ What it does, as the paper did (``shared/RED-NET.md``) unless said otherwise:
   YCbCr for a 1-channel model, as ``redkern restore`` does), cut into random ``patch`` x
   ``patch`` crops (50 by default) with a random flip/rotation (the 8 symmetries of the
   square), degraded by ``redkern.degradations`` with one level per patch drawn from
-  ``levels`` (e.g. sigma uniform in [0, 50] for one blind denoiser).
+  ``levels`` (e.g. sigma uniform in [0, 50] for one blind denoiser; blur sigma in [1, 3] with
+  noise sigma in ``noise``, [0, 2], for deblurring; text over 5-20 % of the pixels for inpainting).
 - **Loss and optimizer**: MSE, Adam (PyTorch's fused implementation). Learning rate: the paper's constant 1e-4 is meant for
   hundreds of thousands of steps; for budgets of ~10^4 steps we default to a peak of 5e-4 with
   a linear warm-up and a cosine decay to zero (``--schedule constant --lr 1e-4`` is the
