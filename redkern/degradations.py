@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["TASKS", "dihedral", "dihedral_inverse", "add_gaussian_noise", "bicubic_resize", "bicubic_degrade", "modcrop",
-           "jpeg_roundtrip", "jpeg_bytes", "quantize", "gaussian_taps", "gaussian_psf", "gaussian_blur",
+           "jpeg_roundtrip", "jpeg_bytes", "quantize", "gaussian_radius", "gaussian_taps", "gaussian_psf", "gaussian_blur",
            "blur_degrade", "text_overlay", "Degradation", "parse_levels"]
 
 TASKS = ("denoise", "sr", "jpeg", "deblur", "inpaint")
