@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 import redkern
 from redkern import testing as T
 from redkern.backends.common import BackendUnavailable
-from redkern.epilogue import Act, Epilogue
 
 _STATUS = redkern.backends()["triton"]
 if not _STATUS["available"]:
