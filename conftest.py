@@ -83,3 +83,36 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def compile_offline(tmp_path):
+    """``compile_offline(script)``: run ``script`` (Python that compiles Triton kernels to NVIDIA
+    machine code with ``triton.compile`` and prints "compiled") in a fresh process, without the
+    interpreter and with the redkern the tests import first on its path; any machine can, no GPU
+    needed. Skips where this Triton has no offline compiler or no NVIDIA backend."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def run(script: str) -> None:
+        try:
+            from triton.backends.compiler import GPUTarget  # noqa: F401
+            from triton.compiler import ASTSource  # noqa: F401
+            from triton.backends import backends
+        except ImportError as e:
+            pytest.skip(f"this Triton has no offline-compile API ({e})")
+        if "nvidia" not in backends:
+            pytest.skip(f"this Triton has no NVIDIA backend (it has {sorted(backends)})")
+        import redkern
+
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        root = str(Path(redkern.__file__).resolve().parent.parent)  # the redkern these tests import
+        env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
+        env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+        env["TRITON_CACHE_DIR"] = str(tmp_path)
+        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-4000:]
+
+    return run
