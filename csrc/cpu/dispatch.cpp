@@ -144,6 +144,26 @@ Isa selected_isa() {
   return isa;
 }
 
+namespace {
+
+#if defined(REDKERN_X86)
+#define REDKERN_X86_ONLY(kernel) kernel
+#else
+#define REDKERN_X86_ONLY(kernel) nullptr
+#endif
+
+// `kernel`, an algorithm that takes bf16 activations on the avx512 kernels of a CPU with
+// `feature` (`has`), or the reason it cannot run.
+ConvFn bf16_hardware_kernel(bool bf16, Isa isa, bool has, ConvFn kernel, const char* what,
+                            const char* feature) {
+  if (!bf16) throw std::invalid_argument(std::string("the ") + what + " algorithm takes bf16 activations only");
+  if (isa == Isa::kAvx512 && has && kernel != nullptr) return kernel;
+  throw std::invalid_argument(std::string("the ") + what + " algorithm needs the avx512 kernels on a CPU with " +
+                              feature + ", not " + isa_name(isa) + (has ? "" : " on this CPU"));
+}
+
+}  // namespace
+
 void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa) {
   const IsaKernels& k = kernels_for(isa);
   const bool bf16 = dtype == DType::kBFloat16;
@@ -156,26 +176,13 @@ void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa) {
       break;
     case Algorithm::kWinograd4x4Bf16Dot:
       check_winograd_window(args);
-      if (!bf16)
-        throw std::invalid_argument("the bf16-dot Winograd algorithm takes bf16 activations only");
-#if defined(REDKERN_X86)
-      if (isa == Isa::kAvx512 && bf16_dot_supported()) fn = conv_winograd4_bf16dot;
-#endif
-      if (fn == nullptr)
-        throw std::invalid_argument(std::string("the bf16-dot Winograd algorithm needs the avx512 "
-                                                "kernels on a CPU with AVX512_BF16, not ") +
-                                    isa_name(isa) + (bf16_dot_supported() ? "" : " on this CPU"));
+      fn = bf16_hardware_kernel(bf16, isa, bf16_dot_supported(), REDKERN_X86_ONLY(conv_winograd4_bf16dot),
+                                "bf16-dot Winograd", "AVX512_BF16");
       break;
     case Algorithm::kWinograd4x4Amx:
       check_winograd_window(args);
-      if (!bf16) throw std::invalid_argument("the AMX Winograd algorithm takes bf16 activations only");
-#if defined(REDKERN_X86)
-      if (isa == Isa::kAvx512 && amx_supported()) fn = conv_winograd4_amx;
-#endif
-      if (fn == nullptr)
-        throw std::invalid_argument(std::string("the AMX Winograd algorithm needs the avx512 kernels "
-                                                "on a CPU with AMX-BF16, not ") +
-                                    isa_name(isa) + (amx_supported() ? "" : " on this CPU"));
+      fn = bf16_hardware_kernel(bf16, isa, amx_supported(), REDKERN_X86_ONLY(conv_winograd4_amx),
+                                "AMX Winograd", "AMX-BF16");
       break;
     case Algorithm::kDirectFewCout:
       if (args.cout > kFewCoutMax)
@@ -185,14 +192,8 @@ void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa) {
       fn = bf16 ? k.few_cout_bf16 : k.few_cout_f32;
       break;
     case Algorithm::kDirectBf16Dot:
-      if (!bf16) throw std::invalid_argument("the bf16-dot algorithm takes bf16 activations only");
-#if defined(REDKERN_X86)
-      if (isa == Isa::kAvx512 && bf16_dot_supported()) fn = conv_direct_bf16dot;
-#endif
-      if (fn == nullptr)
-        throw std::invalid_argument(std::string("the bf16-dot algorithm needs the avx512 kernels "
-                                                "on a CPU with AVX512_BF16, not ") +
-                                    isa_name(isa) + (bf16_dot_supported() ? "" : " on this CPU"));
+      fn = bf16_hardware_kernel(bf16, isa, bf16_dot_supported(), REDKERN_X86_ONLY(conv_direct_bf16dot),
+                                "bf16-dot", "AVX512_BF16");
       break;
   }
   if (fn == nullptr) throw std::invalid_argument("unknown convolution algorithm");
