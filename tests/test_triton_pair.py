@@ -337,7 +337,7 @@ _COMPILE = textwrap.dedent("""
     assert not k.INTERPRETED
     SLOPED = (Act.LEAKY_RELU, Act.PRELU)
 
-    def compile_for(cc, dtype, cin, cmid, cout, first, second, tile):
+    def compile_for(cc, dtype, cin, cmid, cout, first, second, tile, wide=False):
         tile, taps_per_step = k.fit_pair_tile(tile, cin, cmid)
         p, none = "*" + dtype, "constexpr"
         sig = {}
@@ -351,7 +351,7 @@ _COMPILE = textwrap.dedent("""
         const = {n: None for n, t in sig.items() if t == none}
         const.update(CIN=cin, CMID=cmid, COUT=cout, ACT1=int(first[0]), RESIDUAL1=int(first[1]), ACT1B=int(first[2]),
                      ACT2=int(second[0]), RESIDUAL2=int(second[1]), ACT2B=int(second[2]), INPUT_PRECISION="ieee",
-                     WIDE_INDEX=False, CMID_P=k._padded(cmid), COUT_P=k._padded(cout), **k._meta(tile, taps_per_step))
+                     WIDE_INDEX=wide, CMID_P=k._padded(cmid), COUT_P=k._padded(cout), **k._meta(tile, taps_per_step))
         sig.update({n: "constexpr" for n in const})
         src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(n),): v for n, v in const.items()})
         binary = triton.compile(src, target=GPUTarget("cuda", cc, 32),
@@ -363,6 +363,7 @@ _COMPILE = textwrap.dedent("""
     compile_for(90, "fp16", 64, 64, 64, RELU, SKIP, T[0])                                  # RED's decoder pair
     compile_for(90, "bf16", 64, 64, 1, SKIP, (A.IDENTITY, R.BEFORE_ACT, A.IDENTITY), T[2])  # RED's last pair
     compile_for(80, "fp32", 1, 16, 5, (A.PRELU, R.NONE, A.IDENTITY), (A.TANH, R.AFTER_ACT, A.LEAKY_RELU), T[4])
+    compile_for(90, "fp16", 64, 64, 64, RELU, RELU, T[1], wide=True)                       # 64-bit offsets
     print("compiled")
 """)
 
