@@ -85,8 +85,11 @@ class LayerBackends:
 
     def pairs_for(self, device: torch.device, dtype: torch.dtype) -> "Pairing":
         """Which consecutive fused steps run as one two-layer kernel launch on ``device`` in
-        ``dtype`` (``Pairing``), resolved once per (device, dtype, ``pair_layers``)."""
-        key = ("pairs", device.type, device.index, dtype, self.pair_layers)
+        ``dtype`` (``Pairing``), resolved once per (device, dtype, ``pair_layers``, which
+        BatchNorms are in training mode)."""
+        training = tuple(i for i, s in enumerate(self.plan.steps)
+                         if isinstance(s, ConvStep) and s.folds_batchnorm_in_training)
+        key = ("pairs", device.type, device.index, dtype, self.pair_layers, training)
         hit = self._cache.get(key)
         if hit is None:
             chosen = self.for_call(device, dtype)

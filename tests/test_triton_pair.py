@@ -295,6 +295,23 @@ def test_fused_networks_pair_what_they_can(name, monkeypatch):
     assert len(pairs.first) == expected[name], text
 
 
+def test_a_batchnorm_switched_to_training_unpairs_its_layers(monkeypatch):
+    """Pairs fold eval-mode BatchNorms; after .train() those layers run their modules again."""
+    calls = _pair_calls(monkeypatch)
+    model = T.randomize_(T.FUSE_MODULES["dncnn_like"]()).eval().to(DEVICE)
+    fast = redkern.fuse(model, backend="triton")
+    x = torch.randn(1, 1, 6, 9, device=DEVICE)
+    with torch.no_grad():
+        fast(x)
+    assert len(calls) == 2
+    model.train()
+    pairs = fast._redkern_runtime_state().layers.pairs_for(DEVICE, FP32)
+    assert pairs.first == {} and "BatchNorm is in training mode" in pairs.why_not[0]
+    with torch.no_grad():
+        fast(x)
+    assert len(calls) == 2
+
+
 def test_what_stops_a_pair_is_named():
     """Plan.pair_problem: a map read again later, a map the next layer also adds, a step in
     PyTorch between, a 5x5 layer, the last layer."""
