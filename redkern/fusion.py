@@ -91,7 +91,8 @@ class FusedForward:
     def cuda_graphs(self) -> bool:
         """Whether eager inference on CUDA inputs replays one captured CUDA graph of the whole
         call (``redkern.graphs``): captured at the first call of an input shape, again whenever
-        the shapes, dtype, device, weights or ``pair_layers`` change; outputs are copies. Off by
+        the shapes, dtype, device, weights, ``pair_layers`` or a module's training mode change;
+        outputs are copies. Off by
         default; ignored for CPU inputs, autograd and ``torch.compile``."""
         return self._redkern_runtime_state().graphs is not None
 
@@ -109,7 +110,7 @@ class FusedForward:
             tensors = [*self.parameters(), *self.buffers()]
             return graphs(lambda *xs: run(rt.plan, self, xs, backend=self.backend, layers=rt.layers,
                                           mode="kernels"),
-                          inputs, tensors, extra_key=(rt.layers.pair_layers,))
+                          inputs, tensors, extra_key=(rt.layers.pair_layers, *(m.training for m in self.modules())))
         return run(rt.plan, self, inputs, backend=self.backend, layers=rt.layers, pool=rt.pool)
 
     @property

@@ -99,6 +99,9 @@ def test_captured_again_when_shapes_weights_or_dtype_change(red10):
     assert captures(fused) == n + 4
     check(fused, ref, torch.rand(2, 1, 8, 9, device=HERE).half())
     assert captures(fused) == n + 4
+    fused.eval()  # the modules' mode (a BatchNorm's would change what runs)
+    check(fused, ref, torch.rand(2, 1, 8, 9, device=HERE).half())
+    assert captures(fused) == n + 5
 
 
 def test_not_used_for_autograd_cpu_inputs_or_when_off(monkeypatch):
