@@ -23,7 +23,7 @@ from torch import nn
 from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, reference_conv2d
 
 __all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close", "assert_like_pytorch", "conv_calls",
-           "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "BF16_GEMM_TOLERANCE", "FUSE_MODULES",
+           "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "BF16_GEMM_TOLERANCE", "cpu_tolerance", "FUSE_MODULES",
            "backends_here", "copied", "COPY_WAYS"]
 
 # Every activation in both places and every residual mode, with scales that are not 1.
@@ -53,6 +53,15 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, t
 # 2.5e-2 seen on ``layer_case`` layers); on trained weights PSNR stays within 0.01 dB of fp32
 # (tests/test_bf16_accuracy.py).
 BF16_GEMM_TOLERANCE = 5e-2
+
+
+def cpu_tolerance(dtype: torch.dtype, algorithm=None) -> float:
+    """``TOLERANCE[dtype]``, or ``BF16_GEMM_TOLERANCE`` for a CPU algorithm (a ``_C.Algorithm``)
+    whose GEMM rounds its operands to bf16."""
+    from .backends import cpu
+
+    bf16_gemms = () if cpu._C is None else (cpu._C.Algorithm.winograd4x4_bf16dot, cpu._C.Algorithm.winograd4x4_amx)
+    return BF16_GEMM_TOLERANCE if algorithm in bf16_gemms else TOLERANCE[dtype]
 
 
 @dataclasses.dataclass

@@ -54,9 +54,7 @@ def algorithms(case, isa) -> list:
 
 def tolerance(case, algorithm) -> float:
     """``testing.TOLERANCE``, or the bf16-GEMM Winograd's (its transformed operands are rounded)."""
-    if algorithm in (A.winograd4x4_bf16dot, A.winograd4x4_amx):
-        return T.BF16_GEMM_TOLERANCE
-    return T.TOLERANCE[case.x.dtype]
+    return T.cpu_tolerance(case.x.dtype, algorithm)
 
 
 def check_case(case, isas=ISAS, what="") -> int:
