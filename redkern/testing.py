@@ -23,7 +23,7 @@ from torch import nn
 from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, reference_conv2d
 
 __all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close", "assert_like_pytorch", "conv_calls",
-           "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "BF16_GEMM_TOLERANCE", "cpu_tolerance", "FUSE_MODULES",
+           "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "BF16_GEMM_TOLERANCE", "cpu_tolerance", "triton_or_skip", "FUSE_MODULES",
            "backends_here", "copied", "COPY_WAYS"]
 
 # Every activation in both places and every residual mode, with scales that are not 1.
@@ -53,6 +53,23 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, t
 # 2.5e-2 seen on ``layer_case`` layers); on trained weights PSNR stays within 0.01 dB of fp32
 # (tests/test_bf16_accuracy.py).
 BF16_GEMM_TOLERANCE = 5e-2
+
+
+def triton_or_skip():
+    """For a test module's top: ``(triton_backend, device)``, the Triton backend module and the
+    device its kernels run on (the CPU under ``TRITON_INTERPRET=1``), or the whole module skipped
+    with the reason the backend is unavailable (importing it before that check imports triton)."""
+    import pytest
+
+    import redkern
+
+    status = redkern.backends()["triton"]
+    if not status["available"]:
+        pytest.skip(f"Triton backend unavailable (needs TRITON_INTERPRET=1 set before triton is imported, "
+                    f"or a CUDA device): {status['detail']}", allow_module_level=True)
+    from .backends import triton_backend
+
+    return triton_backend, torch.device("cpu" if triton_backend._kernels.INTERPRETED else "cuda")
 
 
 def cpu_tolerance(dtype: torch.dtype, algorithm=None) -> float:

@@ -27,15 +27,10 @@ from redkern import testing as T
 from redkern.backends.common import BackendUnavailable
 from redkern.epilogue import Act, Epilogue
 
-_STATUS = redkern.backends()["triton"]
-if not _STATUS["available"]:
-    pytest.skip(f"Triton backend unavailable (needs TRITON_INTERPRET=1 set before triton is imported, "
-                f"or a CUDA device): {_STATUS['detail']}", allow_module_level=True)
+tb, DEVICE = T.triton_or_skip()  # skips the module without a Triton backend
 
-from redkern.backends import triton_backend as tb  # noqa: E402  (after the skip: imports triton)
 
 INTERPRETED = tb._kernels.INTERPRETED
-DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
 FP32, FP16 = torch.float32, torch.float16
 DTYPES = {"fp32": FP32, "fp16": FP16}
 EPILOGUE_NAMES = list(T.EPILOGUES)

@@ -26,17 +26,12 @@ import redkern
 from redkern import testing as T
 from redkern.backends.common import BackendUnavailable
 
-_STATUS = redkern.backends()["triton"]
-if not _STATUS["available"]:
-    pytest.skip(f"Triton backend unavailable (needs TRITON_INTERPRET=1 set before triton is imported, "
-                f"or a CUDA device): {_STATUS['detail']}", allow_module_level=True)
+tb, DEVICE = T.triton_or_skip()  # skips the module without a Triton backend
 
 from redkern import executor  # noqa: E402
-from redkern.backends import triton_backend as tb  # noqa: E402  (after the skip: imports triton)
 from redkern.kernels.configs import PairTile  # noqa: E402
 
 INTERPRETED = tb._kernels.INTERPRETED
-DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
 FP32, FP16 = torch.float32, torch.float16
 NAMES = list(T.EPILOGUES)
 # Grid shapes: the interpreter's default (6x14 output tiles), the smallest (2x2 tiles, 16 rows),

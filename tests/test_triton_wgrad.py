@@ -19,21 +19,15 @@ import textwrap
 import pytest
 import torch
 
-import redkern
 from redkern import testing as T
 from redkern.backends.common import BackendUnavailable
 from redkern.epilogue import output_size
 
-_STATUS = redkern.backends()["triton"]
-if not _STATUS["available"]:
-    pytest.skip(f"Triton backend unavailable (needs TRITON_INTERPRET=1 set before triton is imported, "
-                f"or a CUDA device): {_STATUS['detail']}", allow_module_level=True)
+tb, DEVICE = T.triton_or_skip()  # skips the module without a Triton backend
 
-from redkern.backends import triton_backend as tb  # noqa: E402  (after the skip: imports triton)
 from redkern.kernels import conv2d_wgrad as wk  # noqa: E402
 
 INTERPRETED = tb._kernels.INTERPRETED
-DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
 FP32, FP16 = torch.float32, torch.float16
 # Relative to max |reference|. The gradients come back in float32 for every input dtype, and
 # fp16/bf16 products are exact in fp32: only the fp32 sums round, so one tolerance serves all.
