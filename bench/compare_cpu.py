@@ -114,16 +114,7 @@ def _precision_ratios(rows: list[dict], size: int) -> list[str]:
 def _other_bf16_engines() -> list[str]:
     """The bf16 Winograd GEMM engines this CPU runs besides the default one."""
     default = cpu_backend.bf16_winograd_gemm()
-    out = []
-    for engine in ("amx", "dot", "fp32"):
-        with _engine_env(engine):
-            try:
-                algo = cpu_backend.bf16_winograd_gemm()
-            except ValueError:  # not on this CPU
-                continue
-        if algo != default:
-            out.append(engine)
-    return out
+    return [name for name, algo in cpu_backend.bf16_gemm_engines().items() if algo != default]
 
 
 @contextlib.contextmanager

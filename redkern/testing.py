@@ -77,7 +77,7 @@ def cpu_tolerance(dtype: torch.dtype, algorithm=None) -> float:
     whose GEMM rounds its operands to bf16."""
     from .backends import cpu
 
-    bf16_gemms = () if cpu._C is None else (cpu._C.Algorithm.winograd4x4_bf16dot, cpu._C.Algorithm.winograd4x4_amx)
+    bf16_gemms = () if cpu._C is None else cpu.bf16_gemm_algorithms()
     return BF16_GEMM_TOLERANCE if algorithm in bf16_gemms else TOLERANCE[dtype]
 
 

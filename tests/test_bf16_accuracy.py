@@ -13,7 +13,7 @@ import pytest
 import torch
 from skimage import color, data
 
-from redkern import _C, pretrained
+from redkern import pretrained
 from redkern.backends import cpu
 from redkern.evaluation import evaluate
 
@@ -22,13 +22,8 @@ CASES = [("denoise", 25), ("sr", 3), ("jpeg", 10)]
 
 
 def _engines() -> list[str]:
-    """The REDKERN_CPU_BF16_GEMM values this CPU runs with its best kernels."""
-    out = ["fp32"]
-    if _C.selected_isa() == "avx512" and _C.bf16_dot_supported():
-        out.append("dot")
-    if _C.selected_isa() == "avx512" and _C.amx_supported():
-        out.append("amx")
-    return out
+    """The REDKERN_CPU_BF16_GEMM values this CPU runs with its selected kernels."""
+    return list(cpu.bf16_gemm_engines())
 
 
 @pytest.fixture(scope="module")

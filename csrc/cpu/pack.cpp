@@ -42,17 +42,14 @@ std::size_t packed_weight_size(int cin, int cout, int kh, int kw, Algorithm algo
   switch (algorithm) {
     case Algorithm::kDirect: return taps * cin * cp;
     case Algorithm::kWinograd4x4:
-      if (kh != 3 || kw != 3)
-        throw std::invalid_argument("the Winograd F(4x4,3x3) algorithm takes 3x3 kernels only, not " +
-                                    std::to_string(kh) + "x" + std::to_string(kw));
-      return 36 * std::size_t(cin) * cp;
-    case Algorithm::kDirectBf16Dot: return taps * div_up(cin, 2) * cp;
     case Algorithm::kWinograd4x4Bf16Dot:
     case Algorithm::kWinograd4x4Amx:
       if (kh != 3 || kw != 3)
         throw std::invalid_argument("the Winograd F(4x4,3x3) algorithm takes 3x3 kernels only, not " +
                                     std::to_string(kh) + "x" + std::to_string(kw));
-      return 36 * winograd_bf16_pairs(cin) * cp;
+      // fp32 U: [36][cin][cout_pad] floats; bf16 U: [36][cin_pairs][cout_pad] pairs
+      return 36 * cp * (algorithm == Algorithm::kWinograd4x4 ? std::size_t(cin) : winograd_bf16_pairs(cin));
+    case Algorithm::kDirectBf16Dot: return taps * div_up(cin, 2) * cp;
     case Algorithm::kDirectFewCout: return taps * cout * padded_cout(cin);
   }
   throw std::invalid_argument("unknown convolution algorithm");

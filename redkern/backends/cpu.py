@@ -123,14 +123,32 @@ def _winograd_fits(kh, kw, ph, pw) -> bool:
     return (kh, kw, ph, pw) == (3, 3, 1, 1)
 
 
+def bf16_gemm_algorithms():
+    """The Winograd ``_C.Algorithm``s whose GEMM rounds its operands to bf16."""
+    return (_C.Algorithm.winograd4x4_bf16dot, _C.Algorithm.winograd4x4_amx)
+
+
 def winograd_algorithms():
     """Every Winograd F(4x4,3x3) ``_C.Algorithm`` (they all take ``x_mask``)."""
-    return (_C.Algorithm.winograd4x4, _C.Algorithm.winograd4x4_bf16dot, _C.Algorithm.winograd4x4_amx)
+    return (_C.Algorithm.winograd4x4, *bf16_gemm_algorithms())
 
 
 BF16_GEMM_ENV = "REDKERN_CPU_BF16_GEMM"
 _BF16_GEMMS = ("amx", "dot", "fp32")
 BF16_DOT_MIN_SPEEDUP = 1.5  # vdpbf16ps over fp32 FMA multiply-add rate (_C.bf16_dot_speedup)
+
+
+def bf16_gemm_engines(isa: str | None = None) -> dict:
+    """The bf16 Winograd GEMM engines the kernels of ``isa`` (default: the selected one) run on
+    this CPU, by their ``REDKERN_CPU_BF16_GEMM`` name: ``{"fp32": None, "dot": ..., "amx": ...}``
+    (``None``: the fp32 Winograd on the widened bf16 input)."""
+    isa = isa or _C.selected_isa()
+    engines = {"fp32": None}
+    if isa == "avx512" and _C.bf16_dot_supported():
+        engines["dot"] = _C.Algorithm.winograd4x4_bf16dot
+    if isa == "avx512" and _C.amx_supported():
+        engines["amx"] = _C.Algorithm.winograd4x4_amx
+    return engines
 
 
 def bf16_winograd_gemm(isa: str | None = None):
@@ -145,11 +163,7 @@ def bf16_winograd_gemm(isa: str | None = None):
     an unknown value, or an engine this CPU or ``isa`` cannot run, raises ``ValueError``: a forced
     engine is never silently replaced."""
     isa = isa or _C.selected_isa()
-    runnable = {"fp32": None}
-    if isa == "avx512" and _C.bf16_dot_supported():
-        runnable["dot"] = _C.Algorithm.winograd4x4_bf16dot
-    if isa == "avx512" and _C.amx_supported():
-        runnable["amx"] = _C.Algorithm.winograd4x4_amx
+    runnable = bf16_gemm_engines(isa)
     forced = os.environ.get(BF16_GEMM_ENV, "")
     if not forced:
         if "amx" in runnable:
@@ -184,10 +198,8 @@ def runnable_algorithms(cin: int, cout: int, kernel, padding, transposed: bool,
         algos.append(_C.Algorithm.direct_few_cout)
     if dtype == torch.bfloat16 and isa == "avx512" and _C.bf16_dot_supported():
         algos.append(_C.Algorithm.direct_bf16dot)
-        if winograd:
-            algos.append(_C.Algorithm.winograd4x4_bf16dot)
-    if dtype == torch.bfloat16 and isa == "avx512" and winograd and _C.amx_supported():
-        algos.append(_C.Algorithm.winograd4x4_amx)
+    if dtype == torch.bfloat16 and winograd:
+        algos += [a for a in bf16_gemm_engines(isa).values() if a is not None]
     return algos
 
 

@@ -40,8 +40,7 @@ int bf16_cin_stride(int cin) { return div_up(cin, 32) * 32; }
 
 // C[R][NV vectors] = A[R][2*pairs] (bf16) * B[pairs][NV vectors][2] (bf16 pairs).
 template <int R, int NV>
-void dot_block(const bf16_t* a, int lda, const float* b, int ldb, int pairs,
-                               float* c, int ldc) {
+void dot_block(const bf16_t* a, int lda, const float* b, int ldb, int pairs, float* c, int ldc) {
   // Loops over R and NV are unrolled so `acc` stays in registers (see direct_block).
   __m512 acc[R][NV];
 #pragma GCC unroll 8
@@ -68,8 +67,8 @@ void dot_block(const bf16_t* a, int lda, const float* b, int ldb, int pairs,
 }
 
 template <int NV>
-void dot_block_nv(int nv, const bf16_t* a, int lda, const float* b, int ldb,
-                                  int pairs, float* c, int ldc) {
+void dot_block_nv(int nv, const bf16_t* a, int lda, const float* b, int ldb, int pairs, float* c,
+                  int ldc) {
   if constexpr (NV > 1) {
     if (nv < NV) return dot_block_nv<NV - 1>(nv, a, lda, b, ldb, pairs, c, ldc);
   }
@@ -80,8 +79,7 @@ struct DotGemm {
   using VT = bf16_t;
   static constexpr int kRows = Avx512Bf16::kGemmRows;
   static int cin_stride(int cin) { return bf16_cin_stride(cin); }
-  static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed,
-                                       int rows, float* mbuf) {
+  static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed, int rows, float* mbuf) {
     constexpr int R = Avx512Bf16::kGemmRows, NV = Avx512Bf16::kGemmVecs;
     const int pairs = div_up(g.cin, 2);  // V's pad channels past these are zeros, U's too
     for (int pos = 0; pos < 36; ++pos) {
@@ -116,8 +114,7 @@ void amx_configure() {
 
 // C[32][16 * NC] = A[32][32 * kblocks] * B (pairs [16 * kblocks][16 * NC][2]); strides in bytes.
 template <int NC>
-void amx_block(const bf16_t* a, int lda, const float* b, int ldb, int kblocks,
-                           float* c, int ldc) {
+void amx_block(const bf16_t* a, int lda, const float* b, int ldb, int kblocks, float* c, int ldc) {
   const char* ap = reinterpret_cast<const char*>(a);
   const char* bp = reinterpret_cast<const char*>(b);
   char* cp = reinterpret_cast<char*>(c);
@@ -151,8 +148,7 @@ struct AmxGemm {
   using VT = bf16_t;
   static constexpr int kRows = 32;
   static int cin_stride(int cin) { return bf16_cin_stride(cin); }
-  static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed,
-                                   int rows, float* mbuf) {
+  static void multiply(const Geo& g, const bf16_t* vbuf, const float* packed, int rows, float* mbuf) {
     // The configuration is per thread and cheap next to a block's 36 GEMMs: set it here, so no
     // other code on this thread runs with AMX state live.
     amx_configure();
