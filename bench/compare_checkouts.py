@@ -24,12 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMER = r"""
 import json, sys, time, torch, redkern
 size, repeats, features = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+dtype = getattr(torch, sys.argv[4])
 torch.manual_seed(0)
 model = redkern.RED30(features=features, fused=True).eval()
 for m in model.modules():
     if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
         torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-x = torch.rand(1, 1, size, size)
+model = model.to(dtype)
+x = torch.rand(1, 1, size, size, dtype=dtype)
 times = []
 with torch.inference_mode():
     y = model(x)
@@ -42,9 +44,9 @@ print(json.dumps({"file": redkern.__file__, "median": sorted(times)[len(times) /
 """
 
 
-def time_checkout(root: Path, size: int, repeats: int, features: int) -> dict:
+def time_checkout(root: Path, size: int, repeats: int, features: int, dtype: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, "-c", TIMER, str(size), str(repeats), str(features)],
+    done = subprocess.run([sys.executable, "-c", TIMER, str(size), str(repeats), str(features), dtype],
                           capture_output=True, text=True, env=env, cwd="/", timeout=3600)
     if done.returncode:
         raise SystemExit(f"{root}: the timing run failed:\n{done.stderr[-2000:]}")
@@ -61,18 +63,19 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per round")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per checkout")
     parser.add_argument("--features", type=int, default=64)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args(argv)
     checkouts = {"base": args.base.resolve(), "this": ROOT}
     from redkern.benchmarking import cpu_model_name
 
-    print(f"RED30-{args.features}, 1 channel, batch 1, fp32, {cpu_model_name()}, "
+    print(f"RED30-{args.features}, 1 channel, batch 1, {args.dtype}, {cpu_model_name()}, "
           f"{args.rounds} rounds x {args.repeats} calls per checkout, medians")
     for size in args.sizes:
         medians = {k: [] for k in checkouts}
         sums = {}
         for _ in range(args.rounds):
             for name, root in checkouts.items():
-                r = time_checkout(root, size, args.repeats, args.features)
+                r = time_checkout(root, size, args.repeats, args.features, args.dtype)
                 medians[name].append(r["median"])
                 sums[name] = r["checksum"]
         base, this = (statistics.median(medians[k]) for k in ("base", "this"))
