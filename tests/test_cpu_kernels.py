@@ -53,8 +53,9 @@ def algorithms(case, isa) -> list:
 
 
 def tolerance(case, algorithm) -> float:
-    """``testing.TOLERANCE``, or the bf16-GEMM Winograd's (its transformed operands are rounded)."""
-    return T.cpu_tolerance(case.x.dtype, algorithm)
+    """``testing.TOLERANCE``, or the bf16-GEMM Winograd's for the case's input channels (its
+    transformed operands are rounded)."""
+    return T.cpu_tolerance(case.x.dtype, algorithm, case.x.shape[1])
 
 
 def check_case(case, isas=ISAS, what="") -> int:

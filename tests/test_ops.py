@@ -155,7 +155,7 @@ def test_bfloat16_close_to_float32():
     # the CPU kernel the op runs: on CPUs with AMX or fast vdpbf16ps, a GEMM on bf16-rounded operands
     algorithm = cpu.choose_algorithm(64, 64, 3, 1, True, torch.bfloat16) if cpu.status()["available"] else None
     T.assert_close(got, ops.reference_deconv_relu(*[a.bfloat16().double() for a in args]),
-                   T.cpu_tolerance(torch.bfloat16, algorithm))
+                   T.cpu_tolerance(torch.bfloat16, algorithm, 64))
 
 
 @pytest.mark.parametrize("name", list(WRAPPERS))
