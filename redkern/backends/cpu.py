@@ -137,8 +137,7 @@ BF16_GEMM_ENV = "REDKERN_CPU_BF16_GEMM"
 _BF16_GEMMS = ("amx", "dot", "fp32")
 # vdpbf16ps over the fp32 FMA multiply-add rate (_C.bf16_dot_speedup) from which the dot engine
 # is taken: between the rates where it was measured to lose (an Intel Xeon, 1.0-1.2: 0.71x the
-# fp32 GEMM's speed) and to win (AMD Zen 5, 1.58-3.1 between processes: 1.57x), with room on
-# both sides for the probe's noise.
+# fp32 GEMM's speed) and to win (AMD Zen 5, 2.00: 1.57x), with room on both sides for noise.
 BF16_DOT_MIN_SPEEDUP = 1.35
 
 
