@@ -45,14 +45,17 @@ def measure(size: int, repeats: int, features: int, compile_: bool, slow_limit: 
     fused_bf16.load_state_dict(model.state_dict())
     fused_bf16 = fused_bf16.to(torch.bfloat16)
 
-    runners = [B.Peer("redkern fp32", fused)]
+    runners = [B.Peer("redkern fp32", fused),
+               B.Peer(f"redkern fp32, {cpu_backend.WINOGRAD_TILE_ENV}=f6 (F(6x6,3x3))",
+                      lambda t: _with_env(cpu_backend.WINOGRAD_TILE_ENV, "f6", fused, t))]
     bf16_ok = torch.bfloat16 in cpu_backend.DTYPES
     engine = cpu_backend.algorithm(features, features, 3, 1, False, torch.bfloat16) if bf16_ok else ""
     runners.append(B.Peer(f"redkern bf16 ({engine})", (lambda t: fused_bf16(t.bfloat16())) if bf16_ok else None,
                           "" if bf16_ok else "the CPU kernels were built without bf16"))
     for other in _other_bf16_engines() if bf16_ok else []:  # the engines the default passed over
         runners.append(B.Peer(f"redkern bf16, {cpu_backend.BF16_GEMM_ENV}={other}",
-                              lambda t, other=other: _with_engine(other, fused_bf16, t.bfloat16())))
+                              lambda t, other=other: _with_env(cpu_backend.BF16_GEMM_ENV, other, fused_bf16,
+                                                               t.bfloat16())))
     runners += B.torch_peers(model, x, compile_=compile_)
     cl_bf16 = redkern.RED30(features=features).eval()
     cl_bf16.load_state_dict(model.state_dict())
@@ -118,20 +121,20 @@ def _other_bf16_engines() -> list[str]:
 
 
 @contextlib.contextmanager
-def _engine_env(engine: str):
-    old = os.environ.get(cpu_backend.BF16_GEMM_ENV)
-    os.environ[cpu_backend.BF16_GEMM_ENV] = engine
+def _env(name: str, value: str):
+    old = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if old is None:
-            del os.environ[cpu_backend.BF16_GEMM_ENV]
+            del os.environ[name]
         else:
-            os.environ[cpu_backend.BF16_GEMM_ENV] = old
+            os.environ[name] = old
 
 
-def _with_engine(engine: str, model, x):
-    with _engine_env(engine):
+def _with_env(name: str, value: str, model, x):
+    with _env(name, value):
         return model(x)
 
 

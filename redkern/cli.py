@@ -588,7 +588,8 @@ def _info(args) -> int:
         from .backends import cpu
 
         isa = _C.selected_isa()
-        bf16 = f"; bf16 3x3 layers: {cpu.algorithm(64, 64, 3, 1, False, torch.bfloat16)}"
+        bf16 = (f"; fp32 3x3 layers: {cpu.algorithm(64, 64, 3, 1, False, torch.float32)}"
+                f"; bf16 3x3 layers: {cpu.algorithm(64, 64, 3, 1, False, torch.bfloat16)}")
         if _C.bf16_dot_supported():
             bf16 += f" (vdpbf16ps measured at {_C.bf16_dot_speedup():.2f}x the FMA's multiply-adds)"
     except (ImportError, AttributeError, ValueError) as e:

@@ -23,7 +23,7 @@ from torch import nn
 from .epilogue import Act, Epilogue, Residual, kernel_slopes, output_size, reference_conv2d
 
 __all__ = ["EPILOGUES", "KERNELS", "LayerCase", "layer_case", "reference", "assert_close", "assert_like_pytorch", "conv_calls",
-           "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "BF16_GEMM_TOLERANCE", "bf16_gemm_tolerance", "cpu_tolerance", "triton_or_skip", "FUSE_MODULES",
+           "max_rel_error", "magnitude", "poisoned_nhwc", "kaiming_init_", "randomize_", "TOLERANCE", "BF16_GEMM_TOLERANCE", "WINOGRAD6_TOLERANCE", "bf16_gemm_tolerance", "cpu_tolerance", "triton_or_skip", "FUSE_MODULES",
            "backends_here", "copied", "COPY_WAYS"]
 
 # Every activation in both places and every residual mode, with scales that are not 1.
@@ -58,6 +58,13 @@ TOLERANCE = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2, t
 BF16_GEMM_TOLERANCE = 5e-2
 
 
+# Winograd F(6x6,3x3) in fp32: its transforms' larger entries (21/4, 32) lose about 5x F(4x4)'s
+# accuracy. Measured on ``layer_case`` 64 -> 64 layers (every ISA, epilogue and shape of
+# tests/test_cpu_kernels.py): up to 1.2e-5 of the magnitude at 64 input channels, against 3.2e-6
+# for F(4x4). Still well inside the fp32 goal of 1e-4 (a whole RED30: BENCHMARKS.md).
+WINOGRAD6_TOLERANCE = 5e-5
+
+
 def bf16_gemm_tolerance(cin: int) -> float:
     """The bf16-GEMM Winograd's tolerance for a layer of ``cin`` input channels (see above)."""
     return BF16_GEMM_TOLERANCE * max(1.0, (4.0 / cin) ** 0.5)
@@ -83,11 +90,17 @@ def triton_or_skip():
 def cpu_tolerance(dtype: torch.dtype, algorithm=None, cin: int = 1) -> float:
     """``TOLERANCE[dtype]``, or ``bf16_gemm_tolerance(cin)`` for a CPU algorithm (a
     ``_C.Algorithm``) whose GEMM rounds its operands to bf16, on a layer of ``cin`` input
-    channels (by default the worst case, one)."""
+    channels (by default the worst case, one), or at least ``WINOGRAD6_TOLERANCE`` for
+    Winograd F(6x6,3x3)."""
     from .backends import cpu
 
-    bf16_gemms = () if cpu._C is None else cpu.bf16_gemm_algorithms()
-    return bf16_gemm_tolerance(cin) if algorithm in bf16_gemms else TOLERANCE[dtype]
+    if cpu._C is None:
+        return TOLERANCE[dtype]
+    if algorithm in cpu.bf16_gemm_algorithms():
+        return bf16_gemm_tolerance(cin)
+    if algorithm == cpu._C.Algorithm.winograd6x6:
+        return max(TOLERANCE[dtype], WINOGRAD6_TOLERANCE)
+    return TOLERANCE[dtype]
 
 
 @dataclasses.dataclass

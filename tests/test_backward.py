@@ -332,7 +332,7 @@ def test_relu_masks_in_the_prologue_equal_masking_first(isa, dtype):
     direct = cpu.conv2d_weight_grad(x, g, weight_shape=shape, transposed=False, padding=padding, grad_mask=mask,
                                     algorithm=A.direct, isa=isa)  # no prologue: masked first, the same sums
     assert T.max_rel_error(direct[0], want[0]) <= 1e-5
-    with pytest.raises(ValueError, match="Winograd F\\(4x4,3x3\\) algorithms only"):
+    with pytest.raises(ValueError, match="with the Winograd algorithms only"):
         xh, mh = g.permute(0, 2, 3, 1).contiguous(), mask.permute(0, 2, 3, 1).contiguous()
         y = torch.empty(2, 13, 10, 20, dtype=dtype)
         packed = torch.zeros(_C.packed_weight_size(24, 20, 3, 3, A.direct))

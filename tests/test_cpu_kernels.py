@@ -152,24 +152,64 @@ def test_red_net_layers(shape, dtype):
         check_case(case)
 
 
+WINOGRAD_FP32 = [A.winograd4x4, A.winograd6x6]
+
+
+@pytest.mark.parametrize("algo", WINOGRAD_FP32, ids=lambda a: a.name)
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("h,w", [(4, 4), (8, 12), (5, 5), (6, 7), (9, 2), (2, 9), (13, 17)])
-def test_winograd_tile_tails(isa, h, w):
-    """4x4 output tiles: full tiles only, and 1, 2 or 3 rows/columns past the last full tile;
-    batch 3 so blocks of tiles straddle images; 64 -> 64 as in RED-Net."""
+@pytest.mark.parametrize("h,w", [(4, 4), (8, 12), (5, 5), (6, 7), (9, 2), (2, 9), (13, 17),
+                                 (12, 18), (11, 10), (7, 1), (1, 16), (23, 22)])
+def test_winograd_tile_tails(isa, h, w, algo):
+    """4x4 and 6x6 output tiles: full tiles only, and every count of rows/columns past the last
+    full tile (1-3 for F4, 1-5 for F6); batch 3 so blocks of tiles straddle images; 64 -> 64 as
+    in RED-Net."""
     case = T.layer_case(3, 64, 64, h, w, kernel=3, transposed=True, epilogue="relu_add_relu")
-    y = run(case, A.winograd4x4, isa)
-    T.assert_close(y, T.reference(case), T.TOLERANCE[torch.float32])
+    y = run(case, algo, isa)
+    T.assert_close(y, T.reference(case), T.cpu_tolerance(torch.float32, algo))
 
 
+@pytest.mark.parametrize("algo", WINOGRAD_FP32, ids=lambda a: a.name)
 @pytest.mark.parametrize("epilogue", ["relu", "prelu_then_leaky"])
 @pytest.mark.parametrize("isa", ISAS)
-def test_winograd_many_blocks(isa, epilogue):
+def test_winograd_many_blocks(isa, epilogue, algo):
     """An image with more tiles than one block holds, so every thread runs several blocks,
     the last one partial; the fixed and the general epilogue."""
     case = T.layer_case(1, 64, 64, 75, 93, kernel=3, epilogue=epilogue)
-    y = run(case, A.winograd4x4, isa)
-    T.assert_close(y, T.reference(case), T.TOLERANCE[torch.float32])
+    y = run(case, algo, isa)
+    T.assert_close(y, T.reference(case), T.cpu_tolerance(torch.float32, algo))
+
+
+def test_winograd6_is_more_accurate_than_its_tolerance_needs():
+    """F(6x6,3x3)'s error on a RED-Net layer sits between F(4x4)'s and its own tolerance: a check
+    that WINOGRAD6_TOLERANCE is not so loose that a broken transform would pass, and that the
+    tile really is F6 (its error is measurably larger than F4's on the same layer)."""
+    errs = {}
+    for algo in WINOGRAD_FP32:
+        worst = 0.0
+        for seed in range(3):
+            case = T.layer_case(1, 64, 64, 48, 48, kernel=3, epilogue="identity",
+                                generator=torch.Generator().manual_seed(seed))
+            worst = max(worst, T.max_rel_error(run(case, algo, ISAS[-1]), T.reference(case)))
+        errs[algo.name] = worst
+    assert errs["winograd4x4"] < errs["winograd6x6"] < T.WINOGRAD6_TOLERANCE / 2, errs
+
+
+def test_fp32_winograd_tile_choice(monkeypatch):
+    """F(4x4,3x3) by default; REDKERN_CPU_WINOGRAD=f6 takes F(6x6,3x3) for every fp32-GEMM
+    Winograd layer (fp32 models, bf16 ones without a bf16 GEMM engine); other values raise."""
+    f32, bf16 = torch.float32, torch.bfloat16
+    monkeypatch.delenv(cpu.WINOGRAD_TILE_ENV, raising=False)
+    assert cpu.choose_algorithm(64, 64, 3, 1, True, f32) == A.winograd4x4
+    monkeypatch.setenv(cpu.WINOGRAD_TILE_ENV, "f6")
+    assert cpu.choose_algorithm(64, 64, 3, 1, True, f32) == A.winograd6x6
+    assert cpu.algorithm(64, 64, 3, 1, False, f32) == "winograd F(6x6,3x3)"
+    assert cpu.choose_algorithm(64, 64, 3, 1, False, bf16, ISAS[0]) == A.winograd6x6
+    assert cpu.choose_algorithm(64, 64, 3, 0, False, f32) == A.direct  # no Winograd window
+    monkeypatch.setenv(cpu.WINOGRAD_TILE_ENV, "f4")
+    assert cpu.choose_algorithm(64, 64, 3, 1, True, f32) == A.winograd4x4
+    monkeypatch.setenv(cpu.WINOGRAD_TILE_ENV, "f8")
+    with pytest.raises(ValueError, match="REDKERN_CPU_WINOGRAD='f8': choose one of f4, f6"):
+        cpu.choose_algorithm(64, 64, 3, 1, True, f32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
@@ -382,8 +422,9 @@ def test_conv2d_rejects_bad_arguments():
         cpu.conv2d(x, weight, bias, transposed=False, padding=1, epilogue=res)
     with pytest.raises(ValueError, match="extra must be"):
         cpu.conv2d(x, weight, bias, torch.zeros(1, 6, 5, 6), transposed=False, padding=1, epilogue=res)
-    with pytest.raises(ValueError, match="Winograd F.4x4,3x3. algorithms take 3x3"):
-        cpu.conv2d(x, weight, bias, **{**opts, "padding": (0, 1)}, algorithm=A.winograd4x4)
+    for algo in (A.winograd4x4, A.winograd6x6):
+        with pytest.raises(ValueError, match="Winograd algorithms take 3x3 kernels with padding"):
+            cpu.conv2d(x, weight, bias, **{**opts, "padding": (0, 1)}, algorithm=algo)
 
 
 def test_conv2d_without_bias_adds_zeros():
@@ -513,6 +554,8 @@ def test_pack_weight_rejects_bad_arguments():
         _C.pack_weight(w.data_ptr(), w.numel(), 8, 4, 3, 5, False, A.direct_few_cout, packed.data_ptr(), packed.numel())
     with pytest.raises(ValueError, match="Winograd F.4x4,3x3. algorithm takes 3x3 kernels only, not 3x5"):
         _C.pack_weight(w.data_ptr(), w.numel(), 8, 4, 3, 5, False, A.winograd4x4, packed.data_ptr(), packed.numel())
+    with pytest.raises(ValueError, match="Winograd F.6x6,3x3. algorithm takes 3x3 kernels only, not 3x5"):
+        _C.packed_weight_size(8, 4, 3, 5, A.winograd6x6)
     # A weight without channels is named as such (not as an image of n=1 h=1 w=1).
     with pytest.raises(ValueError, match=r"the weight needs at least one input channel.*got Cout=4, Cin=0") as e:
         _C.pack_weight(w.data_ptr(), 0, 0, 4, 3, 5, False, A.direct, packed.data_ptr(), packed.numel())

@@ -41,6 +41,8 @@ enum class Algorithm : int {
                             // avx512 kernels, AVX512_BF16); weights G g G^T as bf16 pairs
                             // [36][cin_pairs][cout_pad][2], cin_pairs = round_up(cin, 32) / 2
   kWinograd4x4Amx = 5,  // the same with an AMX tile GEMM (CPUs with AMX-BF16); same weights
+  kWinograd6x6 = 6,     // Winograd F(6x6,3x3) with an fp32 GEMM, 3x3 kernels with padding 1
+                        // only; weights G g G^T as [64][cin][cout_pad] fp32
 };
 
 // Instruction-set levels, each a superset of the one before.

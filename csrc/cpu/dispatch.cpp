@@ -28,7 +28,8 @@ Isa best_supported_isa() {
 
 #define REDKERN_ISA_TABLE(isa)                                                            \
   IsaKernels{isa::direct_f32,       isa::direct_bf16,       isa::winograd4_f32,          \
-             isa::winograd4_bf16,   isa::few_cout_f32,      isa::few_cout_bf16,          \
+             isa::winograd4_bf16,   isa::winograd6_f32,     isa::winograd6_bf16,         \
+             isa::few_cout_f32,     isa::few_cout_bf16,                                  \
              isa::fma_peak,         isa::wgrad_direct_f32,  isa::wgrad_direct_bf16,      \
              isa::wgrad_winograd4_f32, isa::wgrad_winograd4_bf16}
 
@@ -61,7 +62,7 @@ std::string window(const ConvArgs& a) {
 void check_winograd_window(const ConvArgs& a) {
   if (a.kh != 3 || a.kw != 3 || a.ph != 1 || a.pw != 1)
     throw std::invalid_argument(
-        "the Winograd F(4x4,3x3) algorithms take 3x3 kernels with padding (1, 1) (as a "
+        "the Winograd algorithms take 3x3 kernels with padding (1, 1) (as a "
         "convolution; a transposed one's padding 1 is that too), not a " + window(a));
 }
 
@@ -174,6 +175,10 @@ void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa) {
       check_winograd_window(args);
       fn = bf16 ? k.winograd4_bf16 : k.winograd4_f32;
       break;
+    case Algorithm::kWinograd6x6:
+      check_winograd_window(args);
+      fn = bf16 ? k.winograd6_bf16 : k.winograd6_f32;
+      break;
     case Algorithm::kWinograd4x4Bf16Dot:
       check_winograd_window(args);
       fn = bf16_hardware_kernel(bf16, isa, bf16_dot_supported(), REDKERN_X86_ONLY(conv_winograd4_bf16dot),
@@ -197,12 +202,12 @@ void conv2d(const ConvArgs& args, DType dtype, Algorithm algorithm, Isa isa) {
       break;
   }
   if (fn == nullptr) throw std::invalid_argument("unknown convolution algorithm");
-  const bool winograd = algorithm == Algorithm::kWinograd4x4 ||
+  const bool winograd = algorithm == Algorithm::kWinograd4x4 || algorithm == Algorithm::kWinograd6x6 ||
                         algorithm == Algorithm::kWinograd4x4Bf16Dot ||
                         algorithm == Algorithm::kWinograd4x4Amx;
   if (args.x_mask != nullptr && !winograd)
     throw std::invalid_argument("an input mask (the ReLU-derivative prologue) runs with the Winograd "
-                                "F(4x4,3x3) algorithms only");
+                                "algorithms only");
   fn(args);
 }
 

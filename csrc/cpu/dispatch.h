@@ -20,6 +20,8 @@ struct IsaKernels {
   ConvFn direct_bf16;
   ConvFn winograd4_f32;
   ConvFn winograd4_bf16;
+  ConvFn winograd6_f32;
+  ConvFn winograd6_bf16;
   ConvFn few_cout_f32;
   ConvFn few_cout_bf16;
   double (*fma_peak_gflops)(int nthreads);
@@ -39,6 +41,8 @@ const IsaKernels& kernels_for(Isa isa);
   void direct_bf16(const ConvArgs& a);             \
   void winograd4_f32(const ConvArgs& a);           \
   void winograd4_bf16(const ConvArgs& a);          \
+  void winograd6_f32(const ConvArgs& a);           \
+  void winograd6_bf16(const ConvArgs& a);          \
   void few_cout_f32(const ConvArgs& a);            \
   void few_cout_bf16(const ConvArgs& a);           \
   double fma_peak(int nthreads);                   \

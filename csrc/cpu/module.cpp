@@ -128,7 +128,8 @@ PYBIND11_MODULE(_C, m) {
       .value("direct_bf16dot", Algorithm::kDirectBf16Dot)
       .value("direct_few_cout", Algorithm::kDirectFewCout)
       .value("winograd4x4_bf16dot", Algorithm::kWinograd4x4Bf16Dot)
-      .value("winograd4x4_amx", Algorithm::kWinograd4x4Amx);
+      .value("winograd4x4_amx", Algorithm::kWinograd4x4Amx)
+      .value("winograd6x6", Algorithm::kWinograd6x6);
 
   m.def("selected_isa", [] { return std::string(isa_name(selected_isa())); },
         "Instruction set of the kernels used by default: the best this CPU has, or the one "

@@ -19,17 +19,17 @@ float conv_tap(const float* w, int cin, int cout, int kh, int kw, bool transpose
              : w[((std::size_t(co) * cin + ci) * kh + ky) * kw + kx];
 }
 
-// U = (G g) G^T in double for one (co, ci) pair; tap(t) reads the window in row-major order.
-template <class Tap>
-void winograd_weight(const Tap& tap, double u[36]) {
-  double gg[6][3] = {};
-  for (int i = 0; i < 6; ++i)
+// U = (G g) G^T in double for one (co, ci) pair, G being the tile's (A x 3); tap(t) reads the
+// window in row-major order.
+template <int A, class Tap>
+void winograd_weight(const double (&G)[A][3], const Tap& tap, double u[A * A]) {
+  double gg[A][3] = {};
+  for (int i = 0; i < A; ++i)
     for (int a = 0; a < 3; ++a)
-      for (int b = 0; b < 3; ++b) gg[i][b] += winograd::kG[i][a] * double(tap(a * 3 + b));
-  for (int i = 0; i < 6; ++i)
-    for (int k = 0; k < 6; ++k)
-      u[i * 6 + k] = gg[i][0] * winograd::kG[k][0] + gg[i][1] * winograd::kG[k][1] +
-                     gg[i][2] * winograd::kG[k][2];
+      for (int b = 0; b < 3; ++b) gg[i][b] += G[i][a] * double(tap(a * 3 + b));
+  for (int i = 0; i < A; ++i)
+    for (int k = 0; k < A; ++k)
+      u[i * A + k] = gg[i][0] * G[k][0] + gg[i][1] * G[k][1] + gg[i][2] * G[k][2];
 }
 
 // Pairs of input channels in the bf16 Winograd layouts: cin rounded up to 32 (AMX's K step).
@@ -49,6 +49,11 @@ std::size_t packed_weight_size(int cin, int cout, int kh, int kw, Algorithm algo
                                     std::to_string(kh) + "x" + std::to_string(kw));
       // fp32 U: [36][cin][cout_pad] floats; bf16 U: [36][cin_pairs][cout_pad] pairs
       return 36 * cp * (algorithm == Algorithm::kWinograd4x4 ? std::size_t(cin) : winograd_bf16_pairs(cin));
+    case Algorithm::kWinograd6x6:
+      if (kh != 3 || kw != 3)
+        throw std::invalid_argument("the Winograd F(6x6,3x3) algorithm takes 3x3 kernels only, not " +
+                                    std::to_string(kh) + "x" + std::to_string(kw));
+      return 64 * cp * std::size_t(cin);  // U: [64][cin][cout_pad] floats
     case Algorithm::kDirectBf16Dot: return taps * div_up(cin, 2) * cp;
     case Algorithm::kDirectFewCout: return taps * cout * padded_cout(cin);
   }
@@ -73,15 +78,22 @@ void pack_weight(const float* w, int cin, int cout, int kh, int kw, bool transpo
           break;
         case Algorithm::kWinograd4x4: {  // U = (G g) G^T in double, as [36][cin][cout_pad]
           double u[36];
-          winograd_weight(tap, u);
+          winograd_weight(winograd::kG, tap, u);
           for (int pos = 0; pos < 36; ++pos)
+            packed[(std::size_t(pos) * cin + ci) * cp + co] = float(u[pos]);
+          break;
+        }
+        case Algorithm::kWinograd6x6: {  // the same with F(6x6,3x3)'s G, as [64][cin][cout_pad]
+          double u[64];
+          winograd_weight(winograd::kG6, tap, u);
+          for (int pos = 0; pos < 64; ++pos)
             packed[(std::size_t(pos) * cin + ci) * cp + co] = float(u[pos]);
           break;
         }
         case Algorithm::kWinograd4x4Bf16Dot:
         case Algorithm::kWinograd4x4Amx: {  // U as bf16 pairs [36][cin_pairs][cout_pad][2]
           double u[36];
-          winograd_weight(tap, u);
+          winograd_weight(winograd::kG, tap, u);
           auto* halves = reinterpret_cast<bf16_t*>(packed);
           for (int pos = 0; pos < 36; ++pos) {
             const std::size_t word = (std::size_t(pos) * winograd_bf16_pairs(cin) + ci / 2) * cp + co;

@@ -10,7 +10,8 @@ Algorithm per layer (``choose_algorithm``), decided by the window and the channe
 
 - Winograd F(4x4, 3x3) for 3x3 windows with (equivalent) padding 1 when both ``cin`` and
   ``cout`` are >= 16 (RED-Net's 64->64 layers): about 4x fewer multiplications; weights
-  transformed in fp64, transforms in fp32. The GEMMs of the 36 tile positions run in fp32,
+  transformed in fp64, transforms in fp32 (F(6x6,3x3), 5x fewer, with
+  ``REDKERN_CPU_WINOGRAD=f6``: ``fp32_winograd``). The GEMMs of the tile positions run in fp32,
   except with bf16 activations on the avx512 kernels: there the transformed input and weights
   are rounded to bf16 and multiplied on AMX tiles (CPUs with AMX-BF16) or with vdpbf16ps
   (AVX512_BF16, where it outruns fp32 FMAs), accumulating in fp32 (``bf16_winograd_gemm`` names which;
@@ -129,8 +130,28 @@ def bf16_gemm_algorithms():
 
 
 def winograd_algorithms():
-    """Every Winograd F(4x4,3x3) ``_C.Algorithm`` (they all take ``x_mask``)."""
-    return (_C.Algorithm.winograd4x4, *bf16_gemm_algorithms())
+    """Every Winograd ``_C.Algorithm``, F(4x4,3x3) and F(6x6,3x3) (they all take ``x_mask``)."""
+    return (_C.Algorithm.winograd4x4, _C.Algorithm.winograd6x6, *bf16_gemm_algorithms())
+
+
+WINOGRAD_TILE_ENV = "REDKERN_CPU_WINOGRAD"
+_WINOGRAD_TILES = ("f4", "f6")
+
+
+def fp32_winograd() -> object:
+    """The ``_C.Algorithm`` of Winograd layers whose GEMM runs in fp32 (fp32 models, and bf16
+    ones without a bf16 GEMM engine): ``winograd4x4`` unless ``REDKERN_CPU_WINOGRAD=f6`` asks
+    for ``winograd6x6``.
+
+    F(6x6,3x3) needs 21% fewer multiplications than F(4x4,3x3), but its 64-position transforms
+    cost more per pixel and its transformed 64x64 weights (1 MB) do not stay in a 1.25 MB L2
+    beside the tile blocks; on the CPUs measured it is no faster (BENCHMARKS.md), so it is not the
+    default. Its fp32 error is about 5x F(4x4)'s (``testing.WINOGRAD6_TOLERANCE``). An unknown
+    value raises ``ValueError``."""
+    forced = os.environ.get(WINOGRAD_TILE_ENV, "") or "f4"
+    if forced not in _WINOGRAD_TILES:
+        raise ValueError(f"{WINOGRAD_TILE_ENV}={forced!r}: choose one of {', '.join(_WINOGRAD_TILES)}")
+    return _C.Algorithm.winograd6x6 if forced == "f6" else _C.Algorithm.winograd4x4
 
 
 BF16_GEMM_ENV = "REDKERN_CPU_BF16_GEMM"
@@ -196,7 +217,7 @@ def runnable_algorithms(cin: int, cout: int, kernel, padding, transposed: bool,
     algos = [_C.Algorithm.direct]
     winograd = _winograd_fits(kh, kw, ph, pw)
     if winograd:
-        algos.append(_C.Algorithm.winograd4x4)
+        algos += [_C.Algorithm.winograd4x4, _C.Algorithm.winograd6x6]
     if cout <= FEW_COUT_MAX:
         algos.append(_C.Algorithm.direct_few_cout)
     if dtype == torch.bfloat16 and isa == "avx512" and _C.bf16_dot_supported():
@@ -213,7 +234,7 @@ def choose_algorithm(cin: int, cout: int, kernel, padding, transposed: bool, dty
     kh, kw, ph, pw = conv_geometry(kernel, padding, transposed)
     if _winograd_fits(kh, kw, ph, pw) and min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
         bf16_gemm = bf16_winograd_gemm(isa) if dtype == torch.bfloat16 else None
-        return bf16_gemm if bf16_gemm is not None else _C.Algorithm.winograd4x4
+        return bf16_gemm if bf16_gemm is not None else fp32_winograd()
     if cout <= FEW_COUT_MAX:
         return _C.Algorithm.direct_few_cout
     if dtype == torch.bfloat16 and (isa or _C.selected_isa()) == "avx512" and _C.bf16_dot_supported():
@@ -227,6 +248,8 @@ def label(algo, kernel) -> str:
     window = f"{kh}x{kw}"
     if algo == _C.Algorithm.winograd4x4:
         return "winograd F(4x4,3x3)"
+    if algo == _C.Algorithm.winograd6x6:
+        return "winograd F(6x6,3x3)"
     if algo == _C.Algorithm.winograd4x4_bf16dot:
         return "winograd F(4x4,3x3) bf16-dot"
     if algo == _C.Algorithm.winograd4x4_amx:

@@ -212,9 +212,9 @@ double bf16_dot_speedup() {
 }
 
 void conv_winograd4_bf16dot(const ConvArgs& a) {
-  winograd::conv_winograd4<Avx512Bf16, bf16_t, DotGemm>(a);
+  winograd::conv_winograd<Avx512Bf16, bf16_t, winograd::F4, DotGemm>(a);
 }
 
-void conv_winograd4_amx(const ConvArgs& a) { winograd::conv_winograd4<Avx512Bf16, bf16_t, AmxGemm>(a); }
+void conv_winograd4_amx(const ConvArgs& a) { winograd::conv_winograd<Avx512Bf16, bf16_t, winograd::F4, AmxGemm>(a); }
 
 }  // namespace redkern::cpu
