@@ -26,6 +26,7 @@ import torch
 
 import redkern
 from redkern import benchmarking as B
+from redkern import strips
 from redkern.backends import cpu as cpu_backend
 from redkern.tiling import default_tile, plan_tiles, resolve_halo, tiled
 from ratio_table import replace_section  # same folder
@@ -55,7 +56,7 @@ def measure(size: int, dtype_name: str, model, repeats: int, whole_max: int) -> 
                 t0 = time.perf_counter()
                 y = model(x)
                 times.append(time.perf_counter() - t0)
-            how, seconds = f"whole image, median of {repeats}", statistics.median(times)
+            how, seconds = f"whole image ({_schedule(model, x.shape, dtype)}), median of {repeats}", statistics.median(times)
         else:
             tile, _ = default_tile(model, size, size)  # what tiled() chooses without a tile
             windows = plan_tiles(size, size, tile, resolve_halo(model, None, False))
@@ -65,11 +66,18 @@ def measure(size: int, dtype_name: str, model, repeats: int, whole_max: int) -> 
             t0 = time.perf_counter()
             y = tiled(model, x, tile=tile, quiet=True)
             seconds = time.perf_counter() - t0
-            how = f"tiled, {len(windows)} windows of {rows}x{cols} ({work:.2f}x the pixels), one run"
+            how = (f"tiled, {len(windows)} windows of {rows}x{cols} ({work:.2f}x the pixels, "
+                   f"{_schedule(model, (1, 1, rows, cols), dtype)}), one run")
     if not torch.isfinite(y).all():
         raise RuntimeError(f"{dtype_name} {size}x{size}: the output has non-finite values")
     return {"size": size, "dtype": dtype_name, "how": how, "seconds": seconds,
             "us_per_px": seconds / size ** 2 * 1e6, "gflops": flops / seconds / 1e9}
+
+
+def _schedule(model, shape, dtype) -> str:
+    """How the CPU executor runs an input of ``shape``: whole feature maps or row strips."""
+    like = torch.zeros((), dtype=dtype).expand(*shape)  # no memory behind it
+    return "row strips" if strips.use_strips(model.plan, like) else "whole maps"
 
 
 def table(rows: list[dict]) -> str:

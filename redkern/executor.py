@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import backends as _backends
+from . import strips
 from .backends.common import BackendUnavailable, SourceStamp, conv_weight, is_channels_last, to_nhwc
 from .epilogue import apply_epilogue, kernel_slopes, output_size
 from .layer_plan import ConvStep, Plan, TorchStep, substitute
@@ -398,16 +399,18 @@ def available_memory(device: torch.device) -> int | None:
     return None
 
 
-def check_working_set(plan: Plan, x: Tensor) -> None:
+def check_working_set(plan: Plan, x: Tensor, need: tuple[int, int | None] | None = None) -> None:
     """Raise ``WorkingSetTooLarge`` when the feature maps a whole-image call holds at once would
     not fit in the memory left, before any of them is allocated (the kernel's OOM killer gives
-    no message)."""
-    need, maps = plan.peak_bytes(tuple(x.shape), x.element_size())
+    no message). ``need``: ``(bytes, maps)`` where the call is not run whole (row strips: maps
+    ``None``), else ``plan.peak_bytes``."""
+    need, maps = need or plan.peak_bytes(tuple(x.shape), x.element_size())
     free = available_memory(x.device)
     if free is not None and need > free:
+        held = f"{maps} maps" if maps is not None else "row strips of the maps and the output"
         raise WorkingSetTooLarge(
             f"{plan.root} on a {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')} input needs about "
-            f"{need / 2**30:.1f} GiB of feature maps at once ({maps} maps), and {free / 2**30:.1f} GiB are "
+            f"{need / 2**30:.1f} GiB of feature maps at once ({held}), and {free / 2**30:.1f} GiB are "
             f"available on {x.device}: restore it tile by tile, redkern.tiled(model, x, tile=1024) "
             "(the redkern restore command tiles already)")
 
@@ -424,6 +427,13 @@ def _run_kernels(plan: Plan, root, env, resolve, first, pool, layers):
             dying.setdefault(i, []).append(v)
     pairs = {}
     for i, step in enumerate(plan.steps):
+        if isinstance(step, ConvStep) and chosen is None and strips.use_strips(plan, first):
+            chosen = resolve()
+            if _strips_can_run(plan, chosen, i):
+                out = _run_strips(plan, env, first, chosen, layers, signature, maps.free)
+                if pooled:
+                    pool.put(signature, maps.free)
+                return out
         if isinstance(step, ConvStep) and chosen is None:
             chosen = _first_fused_step(plan, first, signature, resolve, layers)
             pairs = layers.pairs_for(first.device, first.dtype).first
@@ -470,12 +480,38 @@ def _run_kernels(plan: Plan, root, env, resolve, first, pool, layers):
 
 def _kernel_args(step: ConvStep, env, x: Tensor) -> dict:
     """A fused step's arguments to a backend's ``conv2d`` (all by name; the input ``x`` aside)."""
+    return dict(_layer_args(step, x), extra=env[step.extra] if step.extra is not None else None)
+
+
+def _layer_args(step: ConvStep, x: Tensor) -> dict:
+    """``_kernel_args`` but the extra: what stays the same for every call of the step on ``x``'s
+    dtype and device."""
     w, b = _step_weights(step, x.dtype, cached=True)
     e = step.epilogue
-    return dict(weight=w, bias=b, extra=env[step.extra] if step.extra is not None else None,
-                transposed=step.transposed, padding=step.padding, epilogue=e,
+    return dict(weight=w, bias=b, transposed=step.transposed, padding=step.padding, epilogue=e,
                 slopes=kernel_slopes(e.act, e.slope, step.act_weight, step.out_channels, x.device),
                 slopes2=kernel_slopes(e.act2, e.slope2, step.act2_weight, step.out_channels, x.device))
+
+
+def _strips_can_run(plan: Plan, chosen: dict, start: int) -> bool:
+    """Every fused step from ``start`` on runs on the CPU kernels (none left to PyTorch, no
+    BatchNorm in training mode)."""
+    return all(chosen[i][0] == "cpu" and chosen[i][1] is not None and not plan.steps[i].folds_batchnorm_in_training
+               for i in range(start, len(plan.steps)))
+
+
+def _run_strips(plan: Plan, env, first: Tensor, chosen: dict, layers: "LayerBackends", signature, free: dict):
+    """The rest of the plan in row strips (``redkern.strips``): only a few rows of each map are
+    held, so the working set checked is the strips' windows and the output; the windows' buffers
+    come from and go back to ``free`` (the call's pooled maps)."""
+    if signature not in layers.checked_signatures:
+        n, _, h, w = first.shape
+        out_bytes = n * plan.steps[-1].out_channels * h * w * first.element_size()
+        check_working_set(plan, first, need=(strips.strip_peak_bytes(plan, tuple(first.shape), first.element_size())
+                                             + out_bytes, None))
+        layers.checked_signatures.add(signature)
+    y = strips.run_strips(plan, env[plan.inputs[0]], chosen, _layer_args, free)
+    return substitute(plan.output, {plan.steps[-1].dst: _to_input_format(y, first)})
 
 
 def _first_fused_step(plan, first, signature, resolve, layers):

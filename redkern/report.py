@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import strips
 from .layer_plan import plan_table
 
 __all__ = ["explain"]
@@ -40,6 +41,8 @@ def explain(module: nn.Module, *, backend: str | None = None, device=None, dtype
             title = f"{path or type(m).__name__} ({type(m).__name__}, backend {backend or m.backend}, " \
                     f"{str(dtype).removeprefix('torch.')} on {device})"
             out.append(plan_table(m.plan, chosen, title, pairs if pairs and (pairs.first or pairs.why_not) else None))
+            if device.type == "cpu" and m.plan.conv_steps:
+                out[-1] += "\n  " + strips.describe(m.plan)
             return
         why = untraced_reason(m)
         if why is not None:

@@ -331,7 +331,9 @@ def default_tile(model, height: int, width: int, *, halo: int | None = None, bat
     at the model's dtype, and the tiles read ahead and written behind): bigger windows, smaller
     halo share. Square, ``DEFAULT_TILE_RANGE`` and at least 4 halos wide, unless one axis of
     the image fits in it: then the other gets the rest of the budget. A ``height x width``
-    image whose maps fit gets one window: whole-image inference.
+    image whose maps fit gets one window: whole-image inference. A fused model that runs in
+    row strips on the CPU (``redkern.strips``: its maps hold a few rows of the window's width)
+    gets windows as wide as the image and as tall as the memory allows.
     """
     field = receptive_field(model)
     halo = (field.radius or 0) if halo is None else halo
@@ -346,8 +348,13 @@ def _default_tile(model, field: ReceptiveField, halo: int, height: int, width: i
         return (FALLBACK_TILE, FALLBACK_TILE), f"tile {FALLBACK_TILE} px: the memory available on {device} is not known"
     itemsize = torch.empty((), dtype=dtype or torch.float32).element_size()
     channels = _input_channels(model) or 1
-    values = _values_per_pixel(model, field, channels)
     io = channels * (1 + field.scale**2) * (2 * prefetch + 2)  # tiles read ahead, outputs written behind
+    strip_plan = _strip_plan(model, device)
+    if strip_plan is not None:
+        chosen = _strip_window(strip_plan, halo, height, width, windows, available, channels, io, itemsize)
+        if chosen is not None:
+            return chosen
+    values = _values_per_pixel(model, field, channels)
     per_pixel = (values + io) * itemsize * windows
     pixels = int(DEFAULT_MEMORY_FRACTION * available / per_pixel)
     low, high = max(DEFAULT_TILE_RANGE[0], 4 * halo), max(DEFAULT_TILE_RANGE)
@@ -364,6 +371,38 @@ def _default_tile(model, field: ReceptiveField, halo: int, height: int, width: i
            f"available on {device} ({DEFAULT_MEMORY_FRACTION:.0%} of it for {windows} window(s) at "
            f"{per_pixel / windows / 1024:.2f} KiB per pixel{bound})")
     return (rows, cols), why
+
+
+def _strip_plan(model, device: torch.device):
+    """The plan of a fused model that runs in row strips on the CPU (``redkern.strips``), else
+    ``None``."""
+    from . import strips
+
+    plan = getattr(model, "plan", None)
+    if device.type != "cpu" or plan is None or strips.strip_problem(plan) is not None:
+        return None
+    return plan if strips.strips_mode() != "off" else None
+
+
+def _strip_window(plan, halo: int, height: int, width: int, windows: int, available: int, channels: int,
+                  io: float, itemsize: int):
+    """For a model that runs in row strips, whose maps hold a few rows of the window's width
+    whatever its height: windows the image's full width (no halo at the sides), as many rows
+    as the memory allows, the whole image where it fits. ``None`` where even a window of
+    ``4 * halo`` rows at full width does not fit (the square windows then)."""
+    from .strips import strip_peak_bytes
+
+    budget = DEFAULT_MEMORY_FRACTION * available / windows
+    fixed = strip_peak_bytes(plan, (1, channels, height, width), itemsize)
+    per_row = width * (io + plan.steps[-1].out_channels) * itemsize
+    rows = int((budget - fixed) // per_row)
+    if rows < min(height, max(DEFAULT_TILE_RANGE[0], 4 * halo)):
+        return None
+    rows = min(rows, height)
+    why = (f"tile {_tile_text((rows, width))} px chosen from {available / 2**30:.1f} GiB available on cpu "
+           f"({DEFAULT_MEMORY_FRACTION:.0%} of it for {windows} window(s): the model runs in row strips, "
+           f"{fixed / 2**30:.1f} GiB of feature-map rows at this width, so windows span the width)")
+    return (rows, width), why
 
 
 def _memory_available(device: torch.device) -> int | None:

@@ -105,9 +105,9 @@ def test_compare_sizes_runs_whole_and_tiled_and_writes_its_section(tmp_path, cap
                         "--write", str(target)]) == 0
     out = capsys.readouterr().out
     # the smallest size is the reference, timed again after the larger one: two rounds
-    assert out.count("| whole image, median of 1, median of 2 rounds between the others |") == 2
+    assert out.count("| whole image (whole maps), median of 1, median of 2 rounds between the others |") == 2
     tiled_rows = [line for line in out.splitlines() if "| tiled, " in line]
     # 100 px with windows of at most 90 and RED30's 30 px halo: 2 per axis, just large enough
-    assert len(tiled_rows) == 2 and all("4 windows of 80x80 (2.56x the pixels)" in line for line in tiled_rows)
+    assert len(tiled_rows) == 2 and all("4 windows of 80x80 (2.56x the pixels, whole maps)" in line for line in tiled_rows)
     text = target.read_text()
     assert "kept" in text and text.count(script.SECTION) == 1 and "| 100x100 | bf16 |" in text

@@ -30,7 +30,8 @@ A = _C.Algorithm
 ISAS = _C.supported_isas()
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # The shared (kernel, padding) table plus non-square windows with unequal paddings.
-KERNELS = T.KERNELS + [((3, 5), (1, 2)), ((1, 3), (0, 1)), ((5, 3), (4, 0))]
+KERNELS = T.KERNELS + [((3, 5), (1, 2)), ((1, 3), (0, 1)), ((5, 3), (4, 0)), ((3, 3), (0, 1)), ((3, 3), (1, 0)),
+                       ((3, 3), (2, 1))]  # the last three: Winograd with padding 0 on one axis (row strips)
 EPILOGUE_NAMES = list(T.EPILOGUES)
 
 
@@ -204,7 +205,8 @@ def test_fp32_winograd_tile_choice(monkeypatch):
     assert cpu.choose_algorithm(64, 64, 3, 1, True, f32) == A.winograd6x6
     assert cpu.algorithm(64, 64, 3, 1, False, f32) == "winograd F(6x6,3x3)"
     assert cpu.choose_algorithm(64, 64, 3, 1, False, bf16, ISAS[0]) == A.winograd6x6
-    assert cpu.choose_algorithm(64, 64, 3, 0, False, f32) == A.direct  # no Winograd window
+    assert cpu.choose_algorithm(64, 64, 3, 0, False, f32) == A.winograd6x6  # padding 0 (row strips)
+    assert cpu.choose_algorithm(64, 64, 3, 2, False, f32) == A.direct  # no Winograd window
     monkeypatch.setenv(cpu.WINOGRAD_TILE_ENV, "f4")
     assert cpu.choose_algorithm(64, 64, 3, 1, True, f32) == A.winograd4x4
     monkeypatch.setenv(cpu.WINOGRAD_TILE_ENV, "f8")
@@ -297,8 +299,9 @@ def test_default_algorithm_per_layer():
     assert choose(128, 128, 3, 1, True, f32, best) == A.winograd4x4
     assert choose(16, 16, (3, 3), (1, 1), True, f32) == A.winograd4x4
     assert choose(15, 64, 3, 1, False, f32) == A.direct
-    assert choose(64, 64, 3, 0, False, f32) == A.direct      # not padding 1: no Winograd
-    assert choose(64, 64, 3, 2, True, f32) == A.direct       # transposed padding 2 = conv padding 0
+    assert choose(64, 64, 3, 0, False, f32) == A.winograd4x4  # padding 0 too (row strips)
+    assert choose(64, 64, 3, 2, True, f32) == A.winograd4x4   # transposed padding 2 = conv padding 0
+    assert choose(64, 64, 3, 2, False, f32) == A.direct       # padding 2: no Winograd
     assert choose(64, 64, 5, 2, False, f32) == A.direct
     assert choose(64, 1, 3, 1, True, f32) == A.direct_few_cout
     assert choose(64, 3, 9, 4, False, f32) == A.direct_few_cout
@@ -424,7 +427,7 @@ def test_conv2d_rejects_bad_arguments():
         cpu.conv2d(x, weight, bias, torch.zeros(1, 6, 5, 6), transposed=False, padding=1, epilogue=res)
     for algo in (A.winograd4x4, A.winograd6x6):
         with pytest.raises(ValueError, match="Winograd algorithms take 3x3 kernels with padding"):
-            cpu.conv2d(x, weight, bias, **{**opts, "padding": (0, 1)}, algorithm=algo)
+            cpu.conv2d(x, weight, bias, **{**opts, "padding": (2, 1)}, algorithm=algo)
 
 
 def test_conv2d_without_bias_adds_zeros():
@@ -529,9 +532,9 @@ def test_bindings_reject_algorithm_that_cannot_run():
     args, keep = _binding_args(algorithm=A.direct_bf16dot, dtype=_C.DType.bfloat16, isa="generic")
     with pytest.raises(ValueError, match="needs the avx512 kernels"):
         _C.conv2d(**args)
-    args, keep = _binding_args(algorithm=A.winograd4x4, ph=0, pw=0, h=3, w=3, x_numel=8 * 9,
-                               y_numel=4, extra_numel=4)
-    with pytest.raises(ValueError, match=r"Winograd .* padding \(1, 1\) .* not a 3x3 kernel with padding \(0, 0\)"):
+    args, keep = _binding_args(algorithm=A.winograd4x4, ph=2, pw=2, h=3, w=3, x_numel=8 * 9,
+                               y_numel=4 * 25, extra_numel=4 * 25)
+    with pytest.raises(ValueError, match=r"Winograd .* padding 0 or 1 on each axis .* not a 3x3 kernel with padding \(2, 2\)"):
         _C.conv2d(**args)
 
 

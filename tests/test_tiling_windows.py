@@ -166,7 +166,9 @@ def test_upsamplers_and_unpadded_networks_tile_exactly_on_an_odd_image(name, opt
 @pytest.fixture
 def memory(monkeypatch):
     """``memory(bytes)``: the memory the model's device has available from now on, for the
-    planner (``None``: not known)."""
+    planner (``None``: not known). Row strips off: these tests are of the square windows
+    (tests/test_strips.py has the full-width ones)."""
+    monkeypatch.setenv("REDKERN_CPU_STRIPS", "off")
 
     def set_available(available):
         monkeypatch.setattr(tiling, "_memory_available", lambda device: available)

@@ -60,10 +60,10 @@ std::string window(const ConvArgs& a) {
 }
 
 void check_winograd_window(const ConvArgs& a) {
-  if (a.kh != 3 || a.kw != 3 || a.ph != 1 || a.pw != 1)
+  if (a.kh != 3 || a.kw != 3 || a.ph < 0 || a.ph > 1 || a.pw < 0 || a.pw > 1)
     throw std::invalid_argument(
-        "the Winograd algorithms take 3x3 kernels with padding (1, 1) (as a "
-        "convolution; a transposed one's padding 1 is that too), not a " + window(a));
+        "the Winograd algorithms take 3x3 kernels with padding 0 or 1 on each axis (as a "
+        "convolution; a transposed one's padding 1 is 1 too, 2 is 0), not a " + window(a));
 }
 
 // AMX-TILE and AMX-BF16 in CPUID leaf 7, and the tile data state granted to this process.

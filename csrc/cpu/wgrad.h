@@ -207,7 +207,7 @@ void transform_grads(const winograd::Geometry<S>& geo, const T* g, const T* mask
   for (int i = 0; i < nt; ++i) {
     int b, y0, x0;
     geo.locate(t0 + i, b, y0, x0);
-    const int rows = min_int(4, geo.h - y0), cols = min_int(4, geo.w - x0);
+    const int rows = min_int(4, geo.oh - y0), cols = min_int(4, geo.ow - x0);
     float* out = gbuf + std::size_t(i) * geo.cout_pad;
     for (int c = 0; c < geo.cout; c += S::kW) {
       const int n = min_int(S::kW, geo.cout - c);
@@ -220,7 +220,7 @@ void transform_grads(const winograd::Geometry<S>& geo, const T* g, const T* mask
           if (r >= rows || k >= cols) {
             d[k] = S::zero();
           } else {
-            const std::size_t at = ((std::size_t(b) * geo.h + y0 + r) * geo.w + x0 + k) * geo.cout + c;
+            const std::size_t at = ((std::size_t(b) * geo.oh + y0 + r) * geo.ow + x0 + k) * geo.cout + c;
             d[k] = n == S::kW ? S::load(g + at) : S::loadn(g + at, n);
             if (mask != nullptr)
               d[k] = S::where_positive(n == S::kW ? S::load(mask + at) : S::loadn(mask + at, n), d[k]);
@@ -282,8 +282,7 @@ void tile_outer_rv(int r, int nv, const float* a, int lda, const float* b, int l
 template <class S, class T>
 void weight_grad_winograd4(const WgradArgs& a, float* partials, std::size_t stride) {
   constexpr int R = S::kGemmRows, NV = S::kGemmVecs;
-  winograd::Geometry<S> geo{a.n, a.h, a.w, a.cin, a.cout, div_up(a.h, 4), div_up(a.w, 4),
-                            padded_cout(a.cin), padded_cout(a.cout), 0};
+  winograd::Geometry<S> geo(a.n, a.h, a.w, a.cin, a.cout, 1, 1, padded_cout(a.cin), padded_cout(a.cout));
   const long tiles = long(a.n) * geo.tiles_y * geo.tiles_x;
   geo.tb = winograd::tiles_per_block<S>(geo.cin_pad * long(sizeof(float)), geo.cout_pad, tiles,
                                          a.nthreads, S::kGemmRows);

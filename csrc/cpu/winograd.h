@@ -142,10 +142,17 @@ struct F6 {
 template <class S, class Tile = F4>
 struct Geometry {
   static constexpr int kM = Tile::kM, kAlpha = Tile::kAlpha, kPositions = kAlpha * kAlpha;
-  int n, h, w, cin, cout;
-  int tiles_y, tiles_x;
-  int cin_pad, cout_pad;  // row strides of V and M (and U's column count)
-  int tb;                 // tiles per block: a multiple of S::kGemmRows
+  int n, h, w, cin, cout;  // the input: n images of h x w pixels
+  int oh, ow;              // the output's rows and columns (h + 2 ph - 2, w + 2 pw - 2)
+  int ph, pw;              // padding 0 or 1: an input tile starts ph rows up, pw columns left
+  int tiles_y, tiles_x;    // tiles over the output
+  int cin_pad, cout_pad;   // row strides of V and M (and U's column count)
+  int tb;                  // tiles per block: a multiple of S::kGemmRows
+
+  Geometry(int n_, int h_, int w_, int cin_, int cout_, int ph_, int pw_, int cin_pad_, int cout_pad_)
+      : n(n_), h(h_), w(w_), cin(cin_), cout(cout_), oh(h_ + 2 * ph_ - 2), ow(w_ + 2 * pw_ - 2),
+        ph(ph_), pw(pw_), tiles_y(div_up(oh, kM)), tiles_x(div_up(ow, kM)), cin_pad(cin_pad_),
+        cout_pad(cout_pad_), tb(0) {}
 
   // Image, top row and left column (in output pixels) of tile t.
   void locate(long t, int& b, int& y0, int& x0) const {
@@ -209,7 +216,7 @@ void transform_inputs(const Geometry<S, Tile>& g, const T* x, long t0, int nt, i
   for (int i = 0; i < nt; ++i) {
     int b, y0, x0;
     g.locate(t0 + i, b, y0, x0);
-    --y0, --x0;  // the input tile starts one pixel up and left (padding 1)
+    y0 -= g.ph, x0 -= g.pw;  // where the input tile starts
     const T* in_rows[A];
     const T* mask_rows[A] = {};
     for (int r = 0; r < A; ++r) {
@@ -344,11 +351,11 @@ void transform_outputs(const Geometry<S, Tile>& g, const float* mbuf, const floa
   for (int i = 0; i < nt; ++i) {
     int b, y0, x0;
     g.locate(t0 + i, b, y0, x0);
-    const int rows = min_int(O, g.h - y0), cols = min_int(O, g.w - x0);
+    const int rows = min_int(O, g.oh - y0), cols = min_int(O, g.ow - x0);
     T* yrows[O] = {};
     const T* erows[O] = {};
     for (int r = 0; r < rows; ++r) {
-      const std::size_t row = (std::size_t(b) * g.h + y0 + r) * g.w * g.cout;
+      const std::size_t row = (std::size_t(b) * g.oh + y0 + r) * g.ow * g.cout;
       yrows[r] = y + row;
       if (extra != nullptr) erows[r] = extra + row;
     }
@@ -378,15 +385,15 @@ int tiles_per_block(long v_row_bytes, int cout_pad, long tiles, int nthreads, in
   return int(tb < R ? R : tb);
 }
 
-// y for a 3x3 kernel with padding 1 (dispatch.cpp checks), so oh == h and ow == w, with the
-// tile `Tile` and the GEMM engine `Gemm` (a.packed in its layout).
+// y for a 3x3 kernel with padding 0 or 1 on each axis (dispatch.cpp checks), with the tile
+// `Tile` and the GEMM engine `Gemm` (a.packed in its layout). Padding 0 along the rows lets a
+// caller run a strip of an image's rows from the strip and its neighbours' rows (redkern/strips.py).
 template <class S, class T, class Tile = F4, class Gemm = FmaGemm<S>>
 void conv_winograd(const ConvArgs& a) {
   using VT = typename Gemm::VT;
   using Geo = Geometry<S, Tile>;
   constexpr int R = Gemm::kRows, P = Geo::kPositions;
-  Geo g{a.n, a.h, a.w, a.cin, a.cout, div_up(a.h, Tile::kM), div_up(a.w, Tile::kM),
-        Gemm::cin_stride(a.cin), padded_cout(a.cout), 0};
+  Geo g(a.n, a.h, a.w, a.cin, a.cout, a.ph, a.pw, Gemm::cin_stride(a.cin), padded_cout(a.cout));
   const long tiles = long(a.n) * g.tiles_y * g.tiles_x;
   g.tb = tiles_per_block<S>(long(g.cin_pad) * long(sizeof(VT)), g.cout_pad, tiles, a.nthreads, R, P);
   const long blocks = (tiles + g.tb - 1) / g.tb;

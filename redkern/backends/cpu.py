@@ -8,7 +8,7 @@ padding ``k - 1 - p``).
 
 Algorithm per layer (``choose_algorithm``), decided by the window and the channel counts:
 
-- Winograd F(4x4, 3x3) for 3x3 windows with (equivalent) padding 1 when both ``cin`` and
+- Winograd F(4x4, 3x3) for 3x3 windows with (equivalent) padding 0 or 1 on each axis when both ``cin`` and
   ``cout`` are >= 16 (RED-Net's 64->64 layers): about 4x fewer multiplications; weights
   transformed in fp64, transforms in fp32 (F(6x6,3x3), 5x fewer, with
   ``REDKERN_CPU_WINOGRAD=f6``: ``fp32_winograd``). The GEMMs of the tile positions run in fp32,
@@ -121,7 +121,8 @@ def conv_geometry(kernel, padding, transposed: bool) -> tuple[int, int, int, int
 
 
 def _winograd_fits(kh, kw, ph, pw) -> bool:
-    return (kh, kw, ph, pw) == (3, 3, 1, 1)
+    """The Winograd kernels' windows: 3x3 with (convolution) padding 0 or 1 on each axis."""
+    return (kh, kw) == (3, 3) and ph in (0, 1) and pw in (0, 1)
 
 
 def bf16_gemm_algorithms():
@@ -410,7 +411,7 @@ def weight_grad_algorithm(cin: int, cout: int, kernel, padding, transposed: bool
     """The ``_C.Algorithm`` of a layer's weight gradient: Winograd F(4x4,3x3) where the forward
     takes it (3x3, equivalent padding 1, both channel counts >= 16), else direct."""
     kh, kw, ph, pw = conv_geometry(kernel, padding, transposed)
-    if _winograd_fits(kh, kw, ph, pw) and min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
+    if (kh, kw, ph, pw) == (3, 3, 1, 1) and min(cin, cout) >= WINOGRAD_MIN_CHANNELS:
         return _C.Algorithm.winograd4x4
     return _C.Algorithm.direct
 
