@@ -7,10 +7,11 @@ holding every feature map whole (RED30 on a 4096x4096 image: 9 maps of 4.3 GB at
 more than fits, so the image had to be cut into overlapping windows), each map keeps only the
 rows its readers still need (a ``_RowWindow``), and the layers take turns: the input gives
 ``strip`` rows, each layer then makes every row its inputs allow, ``r`` rows behind the layer it
-reads. A map holds about ``strip + 2 r`` rows, a skip as many more as its reader lags behind
-(RED30 at 4096 wide: about 4 GB in all, with room to drop old rows once a strip), and every kernel call covers a
-strip of about 256K pixels, a 512x512 image's worth (``STRIP_PIXELS``). Nothing
-is computed twice: the result equals whole-image inference to float rounding (the Winograd
+reads. A map read by several layers (a skip) holds the rows its furthest-behind reader still
+needs and the strip being made; a map read by one layer only needs its strip from the write to
+that read, so such maps borrow strip buffers from one shared set and keep just ``2 r`` rows
+between strips. RED30 at 4096 wide holds about 1.4 GB in all. Every kernel call covers a strip
+of about 256K pixels, a 512x512 image's worth (``STRIP_PIXELS``). Nothing is computed twice: the result equals whole-image inference to float rounding (the Winograd
 tiles start at each strip's first row instead of the image's).
 
 The kernels get vertical padding 0 (``_strip_padding``) on the strip and its neighbour rows;
@@ -115,6 +116,7 @@ def use_strips(plan: Plan, x: Tensor) -> bool:
 
 
 def strips_mode() -> str:
+    """``REDKERN_CPU_STRIPS``: auto (unset or empty), on or off; anything else raises."""
     mode = os.environ.get(STRIPS_ENV, "auto").strip().lower() or "auto"
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"{STRIPS_ENV}={mode!r}: choose auto, on or off")
@@ -139,18 +141,30 @@ def describe(plan: Plan) -> str:
 class _RowWindow:
     """Rows ``[lo, hi)`` of one image's feature map, stored NHWC as ``[rows, W, C]``; rows
     ``-pad .. -1`` and ``H .. H + pad - 1`` are the zero padding its readers see. Rows before
-    ``keep`` are no longer needed and are dropped when room is wanted."""
+    ``keep`` are no longer needed and are dropped when room is wanted.
 
-    def __init__(self, width: int, channels: int, dtype, pad: int, capacity: int, alloc):
+    A map read by one layer only (``bodies`` given) needs its strip's rows just from the write
+    to that read: afterwards ``lend`` keeps the few rows the next read needs in ``carry`` and
+    hands the buffer back to ``bodies``, shared by all such maps, so that RED30 holds two
+    strips of them at a time, not one per layer."""
+
+    def __init__(self, width: int, channels: int, dtype, pad: int, capacity: int, alloc, bodies=None):
         self.pad, self.lo, self.hi, self.keep = pad, -pad, -pad, -pad
-        self.alloc = alloc
-        self.buf = alloc((max(capacity, 2 * pad + 1), width, channels), dtype)
+        self.alloc, self.bodies = alloc, bodies
         self.spent: list[Tensor] = []  # buffers outgrown, for the caller to reuse
-        if pad:
-            self.append(pad).zero_()
+        self.carried = 0  # rows [lo, lo + carried) are in carry while the buffer is lent
+        if bodies is None:
+            self.buf, self.carry = alloc((max(capacity, 2 * pad + 1), width, channels), dtype), None
+            if pad:
+                self.append(pad).zero_()
+        else:  # no body until the first strip is written: the top padding waits in carry
+            self.buf, self.carry = None, alloc((4 * pad + 1, width, channels), dtype)
+            self.carry[:pad] = 0
+            self.carried, self.hi = pad, 0
 
     def append(self, n: int) -> Tensor:
         """The next ``n`` rows ``[hi, hi + n)`` as an NHWC ``[1, C, n, W]`` view, to be written."""
+        self._borrow()
         if self.hi + n - self.lo > self.buf.shape[0]:
             self._make_room(n)
         start = self.hi - self.lo
@@ -160,18 +174,53 @@ class _RowWindow:
     def rows(self, a: int, b: int) -> Tensor:
         """Rows ``[a, b)`` as an NHWC ``[1, C, b - a, W]`` view."""
         assert self.lo <= a and b <= self.hi, (a, b, self.lo, self.hi)
+        self._borrow()
         return _nchw_view(self.buf[a - self.lo:b - self.lo])
 
+    def _borrow(self) -> None:
+        if self.buf is None:  # lent: a body again, the carried rows at its front
+            self.buf = self.bodies.take()
+            self.buf[:self.carried] = self.carry[:self.carried]
+
+    def lend(self) -> None:
+        """After a read: the rows still needed to ``carry``, the buffer back to the bodies (a map
+        read by one layer; kept where more rows are still needed than ``carry`` holds)."""
+        live = self.hi - self.keep
+        if self.bodies is None or self.buf is None or live > self.carry.shape[0]:
+            return
+        self.carry[:live] = self.buf[self.keep - self.lo:self.hi - self.lo]
+        self.bodies.give(self.buf)
+        self.buf, self.lo, self.carried = None, self.keep, live
+
     def _make_room(self, n: int) -> None:
-        kept = self.buf[self.keep - self.lo:self.hi - self.lo].clone()  # source and target may overlap
-        if kept.shape[0] + n > self.buf.shape[0]:  # a reader lags further than the window holds
+        kept, shift = self.hi - self.keep, self.keep - self.lo
+        if kept + n > self.buf.shape[0]:  # a reader lags further than the window holds
+            grown = self.alloc((2 * (kept + n),) + tuple(self.buf.shape[1:]), self.buf.dtype)
+            grown[:kept] = self.buf[shift:shift + kept]
             self.spent.append(self.buf)
-            self.buf = self.alloc((2 * (kept.shape[0] + n),) + tuple(self.buf.shape[1:]), self.buf.dtype)
-        self.buf[:kept.shape[0]] = kept
+            self.buf = grown
+        else:  # move the kept rows to the front, in pieces whose source and target do not overlap
+            for i in range(0, kept, max(shift, 1)):
+                j = min(kept, i + shift)
+                self.buf[i:j] = self.buf[i + shift:j + shift]
         self.lo = self.keep
 
     def buffers(self) -> list[Tensor]:
-        return [self.buf, *self.spent]
+        return [t for t in (self.buf, self.carry, *self.spent) if t is not None]
+
+
+class _Bodies:
+    """The strip buffers that maps read by one layer borrow (``_RowWindow.lend``)."""
+
+    def __init__(self, shape, dtype, alloc):
+        self.shape, self.dtype, self.alloc = shape, dtype, alloc
+        self.spare: list[Tensor] = []
+
+    def take(self) -> Tensor:
+        return self.spare.pop() if self.spare else self.alloc(self.shape, self.dtype)
+
+    def give(self, buf: Tensor) -> None:
+        self.spare.append(buf)
 
 
 def _empty(shape, dtype) -> Tensor:
@@ -193,6 +242,12 @@ def _readers(plan: Plan) -> dict[int, list[tuple[int, int]]]:
         if step.extra is not None:
             found.setdefault(step.extra, []).append((i, 0))
     return found
+
+
+def _read_once(plan: Plan, readers: dict) -> set[int]:
+    """The maps one layer reads, as its input, and nothing else: they may share bodies."""
+    return {v for v, rs in readers.items() if v != plan.inputs[0] and len(rs) == 1
+            and plan.steps[rs[0][0]].src == v and plan.steps[rs[0][0]].extra != v}
 
 
 def _lags(plan: Plan) -> dict[int, int]:
@@ -217,11 +272,20 @@ def _window_rows(plan: Plan, strip: int) -> dict[int, int]:
 
 def strip_peak_bytes(plan: Plan, input_shape, itemsize: int) -> int:
     """About the most memory a row-strip run's feature-map windows hold for an input of
-    ``input_shape`` (one image at a time; the whole output not counted)."""
+    ``input_shape`` (one image at a time; the whole output not counted): twice each steady
+    state for the maps read by several layers, and for those read once a few carried rows
+    each and three shared strip bodies (one written, one read, one spare)."""
     _, c, h, w = input_shape
-    channels = {plan.inputs[0]: c, **{st.dst: st.out_channels for st in plan.steps[first_conv(plan):]}}
-    rows = _window_rows(plan, strip_rows(w))
-    return sum(2 * min(n, h + 2) * w * channels[v] * itemsize for v, n in rows.items())
+    start = first_conv(plan)
+    channels = {plan.inputs[0]: c, **{st.dst: st.out_channels for st in plan.steps[start:]}}
+    s = strip_rows(w)
+    rows = _window_rows(plan, s)
+    lone = _read_once(plan, _readers(plan))
+    pad = max(st.radius()[0] for st in plan.steps[start:])
+    held = sum(2 * min(n, h + 2) * w * channels[v] for v, n in rows.items() if v not in lone)
+    held += sum((4 * pad + 1) * w * channels[v] for v in lone)
+    held += 3 * max((channels[v] for v in lone), default=0) * (s + 4 * pad + 4) * w
+    return held * itemsize
 
 
 def run_strips(plan: Plan, x: Tensor, layers: dict[int, tuple], kernel_args, free: dict | None = None) -> Tensor:
@@ -241,6 +305,7 @@ def run_strips(plan: Plan, x: Tensor, layers: dict[int, tuple], kernel_args, fre
     y = _empty((n, h, w, last.out_channels), x.dtype).permute(0, 3, 1, 2)
     readers = _readers(plan)
     pads = {v: max(r for _, r in rs) for v, rs in readers.items()}
+    pads_max = max(pads.values())
     start = first_conv(plan)
     channels = {plan.inputs[0]: c, **{st.dst: st.out_channels for st in plan.steps[start:]}}
     capacity = _window_rows(plan, s)
@@ -252,10 +317,14 @@ def run_strips(plan: Plan, x: Tensor, layers: dict[int, tuple], kernel_args, fre
         stack = free.get((shape, dtype, x.device))
         return stack.pop() if stack else _empty(shape, dtype)
 
+    lone = _read_once(plan, readers)
     for b in range(n):
-        # Twice the steady state's rows, so that dropping old rows (copying the few kept ones to
-        # the front) comes at most once a strip.
-        windows = {v: _RowWindow(w, channels[v], x.dtype, pads[v], min(h + 2 * pads[v], 2 * capacity[v]), alloc)
+        # Twice the steady state's rows, so that dropping old rows (moving the few kept ones to
+        # the front) comes at most once a strip; maps read once share strip-sized bodies.
+        bodies = {c: _Bodies((s + 4 * pads_max + 4, w, c), x.dtype, alloc)
+                  for c in {channels[v] for v in lone}}
+        windows = {v: _RowWindow(w, channels[v], x.dtype, pads[v], min(h + 2 * pads[v], 2 * capacity[v]), alloc,
+                                 bodies[channels[v]] if v in lone else None)
                    for v in readers}
         made = dict.fromkeys([*readers, last.dst], 0)  # rows of each value made so far
         reads_from = {(v, i): -pads[v] for v, rs in readers.items() for i, _ in rs}  # each reader's next first row
@@ -283,13 +352,14 @@ def run_strips(plan: Plan, x: Tensor, layers: dict[int, tuple], kernel_args, fre
                     reads_from[step.extra, i] = e
                 for v in step.reads:
                     windows[v].keep = min(reads_from[v, j] for j, _ in readers[v])
+                    windows[v].lend()
                 if step is last:
                     made[last.dst] = e
                 else:
                     _made(windows[step.dst], made, step.dst, e, h)
-        for window in windows.values():
-            for t in window.buffers():
-                free.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
+        held = [t for window in windows.values() for t in window.buffers()]
+        for t in held + [t for body in bodies.values() for t in body.spare]:
+            free.setdefault((tuple(t.shape), t.dtype, t.device), []).append(t)
     return y
 
 
