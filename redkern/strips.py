@@ -107,12 +107,21 @@ def use_strips(plan: Plan, x: Tensor) -> bool:
     whole maps would take more than ``MEMORY_SAVING`` times the strips' windows (RED30 from
     about 1500x1500 up), since at equal memory the whole image runs as fast or faster."""
     mode = strips_mode()
-    if mode == "off" or x.dim() != 4 or x.device.type != "cpu" or strip_problem(plan) is not None:
+    if mode == "off" or x.dim() != 4 or x.device.type != "cpu":
         return False
-    if mode == "on":
-        return True
-    whole, _ = plan.peak_bytes(tuple(x.shape), x.element_size())
-    return whole > MEMORY_SAVING * strip_peak_bytes(plan, tuple(x.shape), x.element_size())
+    # Decided once per plan, mode and input shape (it walks the plan: ~1 ms, a call's worth at 64x64).
+    cache = plan.__dict__.setdefault("_strips_choices", {})
+    key = (mode, tuple(x.shape), x.element_size())
+    if key not in cache:
+        if len(cache) > 64:
+            cache.clear()
+        cache[key] = strip_problem(plan) is None and (mode == "on" or _saves_memory(plan, key[1], key[2]))
+    return cache[key]
+
+
+def _saves_memory(plan: Plan, shape, itemsize: int) -> bool:
+    whole, _ = plan.peak_bytes(shape, itemsize)
+    return whole > MEMORY_SAVING * strip_peak_bytes(plan, shape, itemsize)
 
 
 def strips_mode() -> str:
