@@ -244,9 +244,9 @@ def _readers(plan: Plan) -> dict[int, list[tuple[int, int]]]:
     """``{value: [(step index, rows it reads above and below a row it makes)]}``: 0 for an
     extra, the step's vertical radius for its input."""
     found: dict[int, list[tuple[int, int]]] = {}
-    for i, step in enumerate(plan.steps):
-        if i < first_conv(plan):
-            continue
+    start = first_conv(plan)
+    for i in range(start, len(plan.steps)):
+        step = plan.steps[i]
         found.setdefault(step.src, []).append((i, step.radius()[0]))
         if step.extra is not None:
             found.setdefault(step.extra, []).append((i, 0))
