@@ -427,14 +427,13 @@ def _run_kernels(plan: Plan, root, env, resolve, first, pool, layers):
             dying.setdefault(i, []).append(v)
     pairs = {}
     for i, step in enumerate(plan.steps):
-        if isinstance(step, ConvStep) and chosen is None and strips.use_strips(plan, first):
-            chosen = resolve()
-            if _strips_can_run(plan, chosen, i):
-                out = _run_strips(plan, env, first, chosen, layers, signature, maps.free)
+        if isinstance(step, ConvStep) and chosen is None:
+            resolved = resolve() if strips.use_strips(plan, first) else None
+            if resolved is not None and _strips_can_run(plan, resolved, i):
+                out = _run_strips(plan, env, first, resolved, layers, signature, maps.free)
                 if pooled:
                     pool.put(signature, maps.free)
                 return out
-        if isinstance(step, ConvStep) and chosen is None:
             chosen = _first_fused_step(plan, first, signature, resolve, layers)
             pairs = layers.pairs_for(first.device, first.dtype).first
             _inputs_to_nhwc(plan, env, lambda i: i in chosen and chosen[i][1] is not None)

@@ -253,6 +253,11 @@ def _readers(plan: Plan) -> dict[int, list[tuple[int, int]]]:
     return found
 
 
+def _channels(plan: Plan, input_channels: int) -> dict[int, int]:
+    """Each value's channel count: the input's, and every step's output."""
+    return {plan.inputs[0]: input_channels, **{st.dst: st.out_channels for st in plan.steps[first_conv(plan):]}}
+
+
 def _read_once(plan: Plan, readers: dict) -> set[int]:
     """The maps one layer reads, as its input, and nothing else: they may share bodies."""
     return {v for v, rs in readers.items() if v != plan.inputs[0] and len(rs) == 1
@@ -286,7 +291,7 @@ def strip_peak_bytes(plan: Plan, input_shape, itemsize: int) -> int:
     each and three shared strip bodies (one written, one read, one spare)."""
     _, c, h, w = input_shape
     start = first_conv(plan)
-    channels = {plan.inputs[0]: c, **{st.dst: st.out_channels for st in plan.steps[start:]}}
+    channels = _channels(plan, c)
     s = strip_rows(w)
     rows = _window_rows(plan, s)
     lone = _read_once(plan, _readers(plan))
@@ -316,7 +321,7 @@ def run_strips(plan: Plan, x: Tensor, layers: dict[int, tuple], kernel_args, fre
     pads = {v: max(r for _, r in rs) for v, rs in readers.items()}
     pads_max = max(pads.values())
     start = first_conv(plan)
-    channels = {plan.inputs[0]: c, **{st.dst: st.out_channels for st in plan.steps[start:]}}
+    channels = _channels(plan, c)
     capacity = _window_rows(plan, s)
     args = {i: kernel_args(plan.steps[i], x) for i in range(start, len(plan.steps))}
     source = plan.inputs[0]

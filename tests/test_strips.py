@@ -220,3 +220,22 @@ def test_tiled_strip_windows_equal_the_whole_image(monkeypatch):
         want = reference(x)
     got = tiling.tiled(fused, x, tile=(100, 40), quiet=True)
     T.assert_close(got, want, 1e-4)
+
+
+def test_a_plan_strips_cannot_run_goes_the_whole_image_way(monkeypatch):
+    """Strips asked for, but a BatchNorm in training mode (batch statistics: the layer runs
+    unfused): the whole-image path runs, its working-set check included, and matches PyTorch."""
+    from redkern import executor
+
+    reference = create_model("dncnn_s", depth=4, features=16).train()
+    fused = redkern.fuse(reference)
+    x = torch.randn(2, 1, 40, 30)
+    monkeypatch.setenv(STRIPS_ENV, "on")
+    with torch.no_grad():
+        want = reference(x)
+        T.assert_close(fused(x), want, 1e-4)
+    whole, _ = fused.plan.peak_bytes(tuple(x.shape), 4)
+    monkeypatch.setattr(executor, "available_memory", lambda device: whole // 2)
+    with pytest.raises(redkern.WorkingSetTooLarge, match="maps at once"):
+        with torch.no_grad():
+            fused(torch.randn(2, 1, 41, 30))
