@@ -182,7 +182,8 @@ def test_fused_tiles_equal_the_reference_whole_image(case):
 @pytest.mark.parametrize("case", UPSAMPLERS)
 def test_a_halo_one_pixel_short_differs(case):
     """The negative control: with one pixel less of context than the plan's radius, tiles
-    differ from the whole image (for FSRCNN on the side that reaches further)."""
+    differ from the whole image by more than tiling's tolerance (for FSRCNN on the side that
+    reaches further)."""
     r = rng()
     model = build(case)
     radius = receptive_field(model).radius
@@ -193,7 +194,9 @@ def test_a_halo_one_pixel_short_differs(case):
         tiled(model, x, tile=tile, halo=radius - 1, quiet=True)
     with pytest.warns(InexactTilingWarning, match=f"receptive field radius {radius}"):
         short = tiled(model, x, tile=tile, halo=radius - 1, allow_inexact=True, quiet=True)
-    assert T.max_rel_error(short, want) > 1e-3
+    # Far outside the tolerance exact tiles are held to; how far depends on the random weights
+    # (the outermost pixel's weight in the output decays with depth: seed 2006123286 gave 9.6e-4).
+    assert T.max_rel_error(short, want) > 10 * REL
     T.assert_close(tiled(model, x, tile=tile, quiet=True), want, REL)
 
 
