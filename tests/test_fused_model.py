@@ -206,3 +206,19 @@ def test_a_whole_image_that_cannot_fit_is_refused_before_allocating(monkeypatch)
     monkeypatch.undo()
     with torch.inference_mode():
         assert fused(torch.rand(1, 1, 16, 16)).shape == (1, 1, 16, 16)
+
+
+@pytest.mark.parametrize("numel,dtype", [(36864, torch.float32), (7, torch.float32), (5, torch.bfloat16),
+                                         (3, torch.float64), (1, torch.bfloat16)])
+def test_weight_stamp_sees_a_one_bit_edit_of_any_size(numel, dtype):
+    """The CPU content check compares whole words where the size allows and every byte of the
+    rest: an in-place edit of one bit in the last element (what .data edits and fused optimizers
+    do without a version bump) is seen at every size and dtype; NaN weights still match."""
+    from redkern.backends.common import SourceStamp
+
+    w = torch.randn(numel).to(dtype)
+    w[0] = float("nan")
+    stamp = SourceStamp([w])
+    assert stamp.matches([w])
+    w.view(torch.uint8)[-1] ^= 1  # the last byte of the last element
+    assert not stamp.matches([w])

@@ -90,6 +90,11 @@ def check_can_run(device: torch.device) -> None:
 
 
 def _pair(value, name: str) -> tuple[int, int]:
+    # The common cases first: layers call this several times on every forward.
+    if type(value) is int:
+        return value, value
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return value
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
