@@ -111,3 +111,31 @@ def test_compare_sizes_runs_whole_and_tiled_and_writes_its_section(tmp_path, cap
     assert len(tiled_rows) == 2 and all("4 windows of 80x80 (2.56x the pixels, whole maps)" in line for line in tiled_rows)
     text = target.read_text()
     assert "kept" in text and text.count(script.SECTION) == 1 and "| 100x100 | bf16 |" in text
+
+
+def test_winograd_phase_timer_builds_and_times_the_kernels_own_loop(tmp_path):
+    """bench/cpu/winograd_phases.cpp, built as its header says: its timed copy of the Winograd
+    block loop must write exactly what the kernel writes (it exits 1 otherwise), here on an
+    image of edge tiles only and one with interior tiles."""
+    import re
+    import shutil
+    import subprocess
+
+    from redkern import _C
+
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not found")
+    if "avx512" not in _C.supported_isas():
+        pytest.skip("the phase timer runs the AVX-512 kernels; this CPU has no AVX-512")
+    root = BENCH.parent
+    exe = tmp_path / "winograd_phases"
+    subprocess.run(["g++", "-O2", "-std=c++17", "-fopenmp", "-mavx512f", "-mavx512bw", "-mavx512vl",
+                    "-mavx512dq", "-mfma", "-mf16c", f"-I{root / 'csrc'}", f"-I{root}",
+                    str(BENCH / "cpu" / "winograd_phases.cpp"), str(root / "csrc/cpu/scratch.cpp"),
+                    str(root / "csrc/cpu/pack.cpp"), "-o", str(exe)], check=True)
+    for size in ("5", "37"):
+        run = subprocess.run([str(exe), size, "2", "4"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        shares = [float(s) for s in re.findall(r"\((\d+)%\)", run.stdout)]
+        assert len(shares) == 3 and 98 <= sum(shares) <= 102, run.stdout
+    assert subprocess.run([str(exe), "0"], capture_output=True).returncode == 2
