@@ -8,6 +8,7 @@ fails to write fails the comparison.
 """
 
 
+import copy
 import pytest
 import torch
 from torch import nn
@@ -91,11 +92,11 @@ def test_fuse_keeps_training_and_gradients_right():
     m = T.randomize_(T.FUSE_MODULES["srresnet_like"]())
     fused = redkern.fuse(m)
     x = torch.randn(2, 3, 9, 8)
+    exact = copy.deepcopy(m).double().train()
     m.train(), fused.train()
     ref_out = m(x)
-    ref_out.square().sum().backward()
-    ref_grads = [p.grad.clone() for p in m.parameters()]
-    m.zero_grad()
+    exact(x.double()).square().sum().backward()
+    ref_grads = [p.grad for p in exact.parameters()]
     # BatchNorm in training mode cannot be folded: those steps run their modules, and say so.
     assert any(s.folds_batchnorm_in_training for s in fused.plan.conv_steps)
     assert "BatchNorm in training mode" in redkern.explain(fused)
@@ -104,8 +105,12 @@ def test_fuse_keeps_training_and_gradients_right():
     out = fused(x)
     T.assert_close(out, ref_out.double(), 1e-4)
     out.square().sum().backward()
+    # A one-element PReLU slope's gradient is one sum whose terms cancel: fp32 rounding shows
+    # against its own size (4e-4 at one seed, 8e-5 for PyTorch's fp32), so no scale is taken
+    # under a tenth of the model's largest gradient (a wrong gradient is off by far more).
+    largest = max(g.abs().max().item() for g in ref_grads)
     for p, g in zip(m.parameters(), ref_grads):
-        T.assert_close(p.grad, g.double(), 1e-4)
+        T.assert_close(p.grad, g, 1e-4, scale=max(g.abs().max().item(), 0.1 * largest))
 
 
 def test_an_untraceable_forward_is_fused_part_by_part():
