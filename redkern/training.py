@@ -29,6 +29,10 @@ What it does, as the paper did (``shared/RED-NET.md``) unless said otherwise:
   parameters, same checkpoint; the first log line says which model trains. ``--amp bf16`` runs
   the convolutions under bfloat16 autocast (bf16 activations, fp32 weights, accumulation and
   loss), the fused model's kernels included; on CUDA activations are kept channels_last.
+- **Fine-tuning**: ``init`` starts a new run from other weights of the same architecture (a
+  shipped model's task name, ``"denoise"``, or any weights/checkpoint file) instead of the random
+  start; the first step, the schedule and the data stream are a new run's. A resumed run ignores
+  it: its checkpoint holds the weights.
 - **Checkpoints**: ``out`` holds the model, the optimizer, the step, the config and the
   validation history; it is rewritten atomically every ``ckpt_every`` steps or
   ``ckpt_seconds`` and at the end. Running again with the same ``out`` resumes.
@@ -73,6 +77,7 @@ class TrainConfig:
     data: str = ""                    # folder of clean images (or one with train/ and val/)
     val_data: str | None = None       # validation folder (default: data/val if it exists)
     out: str = "redkern-run.pt"       # checkpoint file; an existing one is resumed
+    init: str | None = None           # start from these weights (a shipped task's name or a file), not at random
     depth: int = 30
     features: int = 64
     channels: int = 1
@@ -215,6 +220,31 @@ def build_model(depth: int, channels: int, features: int, kind: str = "reference
     return model
 
 
+def load_init(model: torch.nn.Module, cfg: TrainConfig) -> dict:
+    """Load ``cfg.init``'s weights into ``model`` (a fresh run's); the history entry saying so.
+
+    The weights must be a RED-Net of the run's depth, features and channels: fine-tuning changes
+    what a model undoes, never its shape."""
+    from .pretrained import _read
+    from .weights import WeightsError
+
+    try:
+        data = _read(cfg.init)
+    except WeightsError:
+        raise
+    except (ValueError, FileNotFoundError) as e:  # a task without shipped weights, a missing install
+        raise WeightsError(f"--init {cfg.init}: {e}") from None
+    have = (data["depth"], data["features"], data["channels"])
+    want = (cfg.depth, cfg.features, cfg.channels)
+    if have != want:
+        raise WeightsError(f"--init {cfg.init}: a RED{have[0]}-{have[1]} with {have[2]} channel(s), but this run "
+                           f"trains a RED{want[0]}-{want[1]} with {want[2]} channel(s); pass --depth, --features "
+                           "and --channels to match it")
+    model.load_state_dict({k: v.float() for k, v in data["state_dict"].items()})
+    return {"step": 0, "event": "init", "from": str(cfg.init), "task": data.get("task"),
+            "levels": data.get("levels")}
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for (0-based) ``step``: linear warm-up, then constant or cosine to 0."""
     if step < cfg.warmup:
@@ -285,7 +315,11 @@ def train(cfg: TrainConfig) -> dict:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, history, elapsed = ckpt["step"], list(ckpt["history"]), float(ckpt["elapsed_s"])
+        cfg = dataclasses.replace(cfg, init=saved.init)  # what the run started from stays on record
         _log(f"resuming {out} at step {step}/{cfg.steps}")
+    elif cfg.init is not None:
+        history.append(load_init(model, cfg))
+        _log(f"starting from {cfg.init} ({history[-1]['task'] or 'a bare state_dict'})")
 
     train_dir, val_dir = split_folders(cfg.data, cfg.val_data)
     degradation = Degradation(cfg.task, cfg.levels, noise=cfg.noise)
@@ -449,6 +483,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="folder of clean images, or one holding train/ and val/")
     parser.add_argument("--val-data", help="validation images (default: DATA/val when it exists)")
     parser.add_argument("--out", required=True, help="checkpoint file; an existing one is resumed")
+    parser.add_argument("--init", help="start from these weights instead of at random: a shipped task "
+                        "('denoise', 'sr', 'jpeg') or a weights/checkpoint file of the same architecture")
     parser.add_argument("--depth", type=int, default=d.depth, help=f"layers, even (default {d.depth})")
     parser.add_argument("--features", type=int, default=d.features, help=f"feature maps (default {d.features})")
     parser.add_argument("--channels", type=int, default=d.channels, help="1 (grayscale / Y) or 3 (RGB)")
@@ -492,7 +528,12 @@ def main(args=None) -> int:
         cfg = config_from_args(args).resolved()
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
-    result = train(cfg)
+    from .weights import WeightsError
+
+    try:
+        result = train(cfg)
+    except WeightsError as e:  # --init names weights that cannot start this run
+        raise UsageError(str(e)) from None
     last = [h for h in result["history"] if "val_psnr" in h]
     print(json.dumps({"out": str(args.out), "step": result["step"], "elapsed_s": round(result["elapsed_s"], 1),
                       "val_psnr": last[-1]["val_psnr"] if last else None}))

@@ -1,6 +1,7 @@
 """Training: degradations do what they say, the data stream is reproducible, a few steps
 learn, and a checkpoint resumes exactly where an uninterrupted run would be."""
 
+import dataclasses
 import io
 
 import numpy as np
@@ -243,3 +244,42 @@ def test_command_line_trains_and_resumes(tiny_data, tmp_path, capsys):
     assert main(argv[:-2]) == 0
     assert load_checkpoint(tmp_path / "c.pt")["step"] == 4
     assert '"step": 4' in capsys.readouterr().out
+
+
+def test_init_starts_from_other_weights_and_a_resume_keeps_them(tiny_data, tmp_path):
+    """A fine-tune's first step starts from --init's weights (not the zeroed last layer), the
+    history says where they came from, and a resumed run neither reloads nor forgets them."""
+    donor = train(tiny_config(tiny_data, tmp_path / "donor.pt", steps=4))
+    cfg = tiny_config(tiny_data, tmp_path / "tuned.pt", task="jpeg", levels="10", init=str(tmp_path / "donor.pt"),
+                      steps=4, lr=1e-12, warmup=1)  # a rate that moves nothing: the weights stay the donor's
+    tuned = train(dataclasses.replace(cfg, stop_at=2))
+    for k, v in donor["model"].items():
+        assert torch.allclose(tuned["model"][k], v, rtol=0, atol=1e-9), k
+    assert tuned["history"][0] == {"step": 0, "event": "init", "from": str(tmp_path / "donor.pt"),
+                                   "task": "denoise", "levels": "25"}
+    (tmp_path / "donor.pt").unlink()  # a resume must not need it
+    resumed = train(cfg)
+    assert resumed["step"] == 4 and resumed["config"]["init"] == str(tmp_path / "donor.pt")
+    assert sum(h.get("event") == "init" for h in resumed["history"]) == 1
+
+
+def test_init_from_a_shipped_task_and_its_errors(tiny_data, tmp_path):
+    import redkern
+    from redkern.validation import UsageError
+    from redkern.weights import WeightsError
+
+    shipped = redkern.pretrained("denoise").state_dict()
+    cfg = tiny_config(tiny_data, tmp_path / "s.pt", init="denoise", depth=30, features=64, patch=16, batch=1,
+                      steps=1, lr=1e-12, warmup=1)
+    got = train(cfg)["model"]
+    for k, v in shipped.items():
+        assert torch.allclose(got[k], v, rtol=0, atol=1e-6), k
+    with pytest.raises(WeightsError, match=r"RED30-64 with 1 channel\(s\), but this run trains a RED4-8"):
+        train(tiny_config(tiny_data, tmp_path / "m.pt", init="denoise"))
+    assert not (tmp_path / "m.pt").exists()
+    with pytest.raises(WeightsError, match="--init deblur: no weights ship for --task deblur"):
+        train(tiny_config(tiny_data, tmp_path / "d.pt", init="deblur"))
+    from redkern.training import main
+    with pytest.raises(UsageError, match="no such file"):
+        main(["--task", "denoise", "--data", str(tiny_data), "--out", str(tmp_path / "c.pt"), "--init",
+              str(tmp_path / "missing.pt"), "--device", "cpu", "--no-progress"])
