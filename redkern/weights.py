@@ -80,7 +80,9 @@ def training_summary(ckpt: dict) -> dict:
     return {"steps": ckpt["step"], "elapsed_s": round(float(ckpt["elapsed_s"]), 1), "device": ckpt["device"],
             "torch": str(ckpt.get("torch", "")), "model_kind": ckpt["model_kind"], "config": ckpt["config"],
             "final_val_psnr": round(vals[-1]["val_psnr"], 3) if vals else None,
-            "final_val_input_psnr": round(vals[-1]["input_psnr"], 3) if vals else None}
+            "final_val_input_psnr": round(vals[-1]["input_psnr"], 3) if vals else None,
+            # the learning curve: [step, seconds, validation PSNR] at every validation
+            "curve": [[h["step"], h.get("seconds"), round(h["val_psnr"], 3)] for h in vals]}
 
 
 def read(source) -> dict:
