@@ -6,8 +6,8 @@
     redkern restore noisy.png clean.png --model dncnn_b --weights dncnn_gray_blind.pth   # KAIR's file
     redkern info                                  # version, backends, CPU features, devices, zoo models
 
-``--task denoise|sr|jpeg`` uses the weights that ship with the package (redkern.pretrained);
-``--task deblur|inpaint`` stops with the ``redkern train`` command that makes their weights (none ship yet).
+``--task denoise|sr|jpeg|deblur|inpaint`` uses the weights that ship with the package
+(redkern.pretrained); ``redkern train`` makes your own (``--weights FILE`` runs them).
 With neither ``--task`` nor ``--weights`` the model has random weights (seeded, so runs
 repeat): that shows speed, not restoration, and the command says so.
 
@@ -128,8 +128,8 @@ def _parser() -> argparse.ArgumentParser:
                    "a checkpoint of that network in redkern's, KAIR's or BasicSR's layout; "
                    "without it the weights are random (a demo of speed, not of restoration)")
     m.add_argument("--task", choices=["denoise", "sr", "jpeg", "deblur", "inpaint"], help="use the shipped RED30 "
-                   "weights for this task (redkern.pretrained); sr takes the image already bicubic-enlarged; "
-                   "deblur and inpaint ship no weights yet (redkern train makes them; pass --weights)")
+                   "weights for this task (redkern.pretrained); sr takes the image already bicubic-enlarged, "
+                   "deblur the blurred image, inpaint the image with text on it (no mask)")
     m.add_argument("--channels", type=_positive, help="model channels: 1 (grayscale, or the Y of colour "
                    "images) or 3 (RGB) (default: from --weights, else 1; zoo models: their own default)")
     m.add_argument("--features", type=_positive, help="feature maps per layer (default: from --weights, else 64; "
@@ -268,10 +268,7 @@ def _build_model(args):
 
         if args.weights:
             raise UsageError("--task loads the shipped weights; give --task or --weights, not both")
-        try:
-            args.weights = str(pretrained.path(args.task))
-        except pretrained.NotShipped as e:
-            raise UsageError(str(e)) from None
+        args.weights = str(pretrained.path(args.task))
     if args.weights:
         try:
             found = read(args.weights)
@@ -297,7 +294,7 @@ def _build_model(args):
             raise UsageError(f"--weights {args.weights} does not fit RED{depth}: {e}") from None
     else:
         print(f"redkern: note: no --weights or --task given, so RED{depth} has RANDOM weights (seed 0): "
-              "the output shows speed, not restoration (use --task denoise|sr|jpeg for the shipped "
+              "the output shows speed, not restoration (use --task denoise|sr|jpeg|deblur|inpaint for the shipped "
               "weights)", file=sys.stderr)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if args.backend == "reference":

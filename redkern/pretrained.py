@@ -14,17 +14,19 @@ denoise    Gaussian noise, sigma 0..50 (blind)    the noisy image (no sigma need
 sr         bicubic x2, x3, x4 (one model)         the image already bicubic-enlarged to
                                                   the target size (``upscale_input``)
 jpeg       Pillow JPEG, quality 10..40 (blind)    the decoded JPEG
+deblur     Gaussian blur, sigma 1..3, then        the blurred image (no kernel or noise
+           Gaussian noise sigma 0..2 (blind)      level needed)
+inpaint    text drawn over 5..20% of the image    the image with the text on it (no mask:
+           (blind, ``degradations.text_overlay``) the network finds the text itself)
 =========  =====================================  ======================================
 
-No weights ship yet for the paper's two other tasks, ``deblur`` and ``inpaint``
-(``redkern.degradations`` defines them): ``path``/``load`` name the ``redkern train`` command
-that makes them (``NotShipped``), and ``load`` takes the resulting file.
-
-All three are 1-channel (grayscale, or the Y of YCbCr: ``redkern restore`` restores the
+All five are 1-channel (grayscale, or the Y of YCbCr: ``redkern restore`` restores the
 luminance of colour images and keeps their chroma, as the paper did). The weights are
 stored in float16 (``redkern/weights/red30_TASK.pt``) with their configuration, and load
 into a float32 model; each has a model card beside it (``red30_TASK.md``) with the data,
-the training run, the command that reproduces it and the validation numbers.
+the training run, the command that reproduces it and the validation numbers. ``redkern
+train`` makes weights of your own (``--init TASK`` fine-tunes a shipped model); ``load``
+takes the resulting file.
 
 The module itself is callable: ``redkern.pretrained(task, ...)`` is ``load(task, ...)``.
 """
@@ -39,24 +41,14 @@ from pathlib import Path
 
 import torch
 
+from .degradations import TASKS, Degradation, bicubic_resize, quantize
 from .weights import WEIGHTS_FORMAT
 
-__all__ = ["load", "info", "available", "path", "NotShipped", "train_command", "check_level", "level_note", "level_problem", "upscale_input", "export",
+__all__ = ["load", "info", "available", "path", "check_level", "level_note", "level_problem", "upscale_input", "export",
            "WEIGHTS_FORMAT", "WEIGHTS_DIR"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-FILES = {"denoise": "red30_denoise.pt", "sr": "red30_sr.pt", "jpeg": "red30_jpeg.pt"}
-
-
-class NotShipped(ValueError):
-    """A task redkern can train and evaluate but ships no weights for (yet)."""
-
-
-def train_command(task: str) -> str:
-    """The command that trains weights for ``task`` (the shipped models' architecture)."""
-    from .degradations import DEFAULT_LEVELS
-
-    return f"redkern train --task {task} --levels {DEFAULT_LEVELS[task]} --data FOLDER --out {task}.pt"
+FILES = {task: f"red30_{task}.pt" for task in TASKS}  # one RED30 per task redkern trains
 
 
 def available() -> list[str]:
@@ -66,11 +58,6 @@ def available() -> list[str]:
 
 def path(task: str) -> Path:
     """The shipped weights file for ``task``."""
-    from .degradations import TASKS
-
-    if task in TASKS and task not in FILES:
-        raise NotShipped(f"no weights ship for --task {task} yet (shipped: {', '.join(FILES)}); train them with "
-                         f"`{train_command(task)}` and pass --weights {task}.pt")
     if task not in FILES:
         raise ValueError(f"no pretrained weights for task {task!r}; choose one of {tuple(FILES)}")
     p = WEIGHTS_DIR / FILES[task]
@@ -96,8 +83,8 @@ def info(task_or_file) -> dict:
 
 def load(task_or_file, *, fused: bool = False, backend: str = "auto", device="cpu",
          dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The model for a task (``"denoise"``, ``"sr"``, ``"jpeg"``) or a weights/checkpoint file,
-    in eval mode without gradients, on ``device`` in ``dtype``.
+    """The model for a task (``"denoise"``, ``"sr"``, ``"jpeg"``, ``"deblur"``, ``"inpaint"``) or a
+    weights/checkpoint file, in eval mode without gradients, on ``device`` in ``dtype``.
 
     ``fused=True`` gives ``FusedREDNet`` (``backend`` as there), else the reference ``REDNet``;
     both hold the same parameters. The model carries ``task``, ``levels`` and ``info``.
@@ -137,8 +124,6 @@ def level_problem(task: str, level) -> str | None:
 def level_note(model_or_task, level) -> str | None:
     """A one-line note when ``level`` (sigma, scale or quality) lies outside what the model was
     trained on, else None."""
-    from .degradations import Degradation
-
     if isinstance(model_or_task, str):
         task, levels = model_or_task, info(model_or_task)["levels"]
     else:
@@ -165,8 +150,6 @@ def check_level(model_or_task, level) -> None:
 
 def upscale_input(x: torch.Tensor, scale: int) -> torch.Tensor:
     """The SR model's input: ``[N, C, H, W]`` bicubic-enlarged by ``scale`` (as in training)."""
-    from .degradations import bicubic_resize, quantize
-
     return quantize(bicubic_resize(x.float(), (x.shape[-2] * scale, x.shape[-1] * scale))).to(x.dtype)
 
 

@@ -232,7 +232,7 @@ def load_init(model: torch.nn.Module, cfg: TrainConfig) -> dict:
         data = _read(cfg.init)
     except WeightsError:
         raise
-    except (ValueError, FileNotFoundError) as e:  # a task without shipped weights, a missing install
+    except (ValueError, FileNotFoundError) as e:  # not a shipped task, a missing install
         raise WeightsError(f"--init {cfg.init}: {e}") from None
     have = (data["depth"], data["features"], data["channels"])
     want = (cfg.depth, cfg.features, cfg.channels)
@@ -497,7 +497,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--val-data", help="validation images (default: DATA/val when it exists)")
     parser.add_argument("--out", required=True, help="checkpoint file; an existing one is resumed")
     parser.add_argument("--init", help="start from these weights instead of at random: a shipped task "
-                        "('denoise', 'sr', 'jpeg') or a weights/checkpoint file of the same architecture")
+                        "(denoise, sr, jpeg, deblur, inpaint) or a weights/checkpoint file of the same architecture")
     parser.add_argument("--depth", type=int, default=d.depth, help=f"layers, even (default {d.depth})")
     parser.add_argument("--features", type=int, default=d.features, help=f"feature maps (default {d.features})")
     parser.add_argument("--channels", type=int, default=d.channels, help="1 (grayscale / Y) or 3 (RGB)")

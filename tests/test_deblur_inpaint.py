@@ -273,19 +273,27 @@ def test_training_refuses_noise_for_other_tasks(folder, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("task", ["deblur", "inpaint"])
-def test_restore_and_eval_without_shipped_weights_name_the_training_command(folder, tmp_path, capsys, task):
+def test_restore_and_eval_use_the_shipped_weights(folder, photo, tmp_path, capsys, task):
+    """`redkern restore --task` undoes the degradation of a crop never trained on, and `redkern
+    eval --task` scores the shipped model beside the peers."""
     from redkern.cli import main
 
+    clean8 = photo[0][1]
+    clean = torch.from_numpy(clean8).float()[None, None] / 255
+    rng = np.random.default_rng(3)
+    degraded = blur_degrade(clean, 2.0, 1.0, rng) if task == "deblur" else text_overlay(clean, 10, rng)[0]
+    Image.fromarray(to_uint8(degraded)).save(tmp_path / "in.png")
     level = ["--blur", "2"] if task == "deblur" else []
-    code = main(["restore", "--task", task, *level, str(folder / "val" / "coat.png"), str(tmp_path / "o.png")])
-    err = capsys.readouterr().err
-    assert code == 2 and f"no weights ship for --task {task}" in err and f"redkern train --task {task}" in err
-    assert not (tmp_path / "o.png").exists()
-    code = main(["eval", "--task", task, "--level", "2", "--data", str(folder / "val")])
-    err = capsys.readouterr().err
-    assert code == 2 and f"redkern train --task {task}" in err
-    with pytest.raises(pretrained.NotShipped, match=f"--task {task}"):
-        pretrained.load(task)
+    assert main(["restore", "--task", task, *level, "--quiet", str(tmp_path / "in.png"), str(tmp_path / "o.png")]) == 0
+    restored = np.asarray(Image.open(tmp_path / "o.png"))
+    assert restored.shape == clean8.shape
+    before, after = metrics(clean8, to_uint8(degraded))[0], metrics(clean8, restored)[0]
+    assert after > before + 1, (before, after)
+    capsys.readouterr()
+    peers = ["--rl-iterations", "20"] if task == "deblur" else []
+    assert main(["eval", "--task", task, "--level", "2", *peers, "--data", str(folder / "val")]) == 0
+    out = capsys.readouterr().out
+    assert "RED30" in out and ("Richardson-Lucy" if task == "deblur" else "biharmonic") in out
 
 
 def test_blur_option_belongs_to_deblur(folder, tmp_path, capsys):

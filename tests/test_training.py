@@ -277,8 +277,8 @@ def test_init_from_a_shipped_task_and_its_errors(tiny_data, tmp_path):
     with pytest.raises(WeightsError, match=r"RED30-64 with 1 channel\(s\), but this run trains a RED4-8"):
         train(tiny_config(tiny_data, tmp_path / "m.pt", init="denoise"))
     assert not (tmp_path / "m.pt").exists()
-    with pytest.raises(WeightsError, match="--init deblur: no weights ship for --task deblur"):
-        train(tiny_config(tiny_data, tmp_path / "d.pt", init="deblur"))
+    with pytest.raises(WeightsError, match="--init deblurr: no pretrained weights for task 'deblurr'; choose one of"):
+        train(tiny_config(tiny_data, tmp_path / "d.pt", init="deblurr"))
     from redkern.training import main
     with pytest.raises(UsageError, match="no such file"):
         main(["--task", "denoise", "--data", str(tiny_data), "--out", str(tmp_path / "c.pt"), "--init",
