@@ -465,21 +465,10 @@ def _draw_curves(history: list[dict], out: Path) -> None:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU ({_cpu_model()}, {torch.get_num_threads()} threads)"
+    from .benchmarking import cpu_model_name
 
-
-def _cpu_model() -> str:
-    """The CPU's marketing name where Linux tells it (``platform.processor()`` is often empty)."""
-    import platform
-
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    threads = torch.get_num_threads()
+    return f"CPU ({cpu_model_name()}, {threads} thread{'' if threads == 1 else 's'})"
 
 
 # --- command line -------------------------------------------------------------------------
