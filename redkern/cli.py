@@ -115,6 +115,8 @@ def _non_negative(text: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .degradations import TASKS  # the --task choices: every task ships weights
+
     parser = argparse.ArgumentParser(prog="redkern", description="RED-Net image restoration with "
                                      "fused 3x3 convolution kernels.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -127,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--weights", metavar="FILE", help="a RED-Net state_dict (torch.save), or with --model NAME "
                    "a checkpoint of that network in redkern's, KAIR's or BasicSR's layout; "
                    "without it the weights are random (a demo of speed, not of restoration)")
-    m.add_argument("--task", choices=["denoise", "sr", "jpeg", "deblur", "inpaint"], help="use the shipped RED30 "
+    m.add_argument("--task", choices=TASKS, help="use the shipped RED30 "
                    "weights for this task (redkern.pretrained); sr takes the image already bicubic-enlarged, "
                    "deblur the blurred image, inpaint the image with text on it (no mask)")
     m.add_argument("--channels", type=_positive, help="model channels: 1 (grayscale, or the Y of colour "
@@ -256,6 +258,7 @@ def _build_model(args):
     import torch
 
     import redkern
+    from .degradations import TASKS
     from .weights import WeightsError, read
 
     if args.model is not None and args.model not in DEPTHS:
@@ -294,7 +297,7 @@ def _build_model(args):
             raise UsageError(f"--weights {args.weights} does not fit RED{depth}: {e}") from None
     else:
         print(f"redkern: note: no --weights or --task given, so RED{depth} has RANDOM weights (seed 0): "
-              "the output shows speed, not restoration (use --task denoise|sr|jpeg|deblur|inpaint for the shipped "
+              f"the output shows speed, not restoration (use --task {'|'.join(TASKS)} for the shipped "
               "weights)", file=sys.stderr)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if args.backend == "reference":

@@ -486,7 +486,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--val-data", help="validation images (default: DATA/val when it exists)")
     parser.add_argument("--out", required=True, help="checkpoint file; an existing one is resumed")
     parser.add_argument("--init", help="start from these weights instead of at random: a shipped task "
-                        "(denoise, sr, jpeg, deblur, inpaint) or a weights/checkpoint file of the same architecture")
+                        f"({', '.join(TASKS)}) or a weights/checkpoint file of the same architecture")
     parser.add_argument("--depth", type=int, default=d.depth, help=f"layers, even (default {d.depth})")
     parser.add_argument("--features", type=int, default=d.features, help=f"feature maps (default {d.features})")
     parser.add_argument("--channels", type=int, default=d.channels, help="1 (grayscale / Y) or 3 (RGB)")
